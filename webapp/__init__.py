@@ -1,0 +1,59 @@
+"""Flask application factory."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from webapp import logs
+from webapp.config import ROOT, Config
+from webapp.extensions import csrf, db, limiter, login_manager, migrate
+
+
+def create_app(overrides: dict | None = None) -> Flask:
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=str(Config().INSTANCE_DIR),
+    )
+    app.config.from_mapping(Config().as_dict())
+    app.config.from_mapping(overrides or {})
+    if not app.config.get("TESTING"):
+        logs.configure("web", app.config["LOG_LEVEL"])
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(ROOT / "migrations"))
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message_category = "info"
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from webapp import models  # noqa: F401  (models must be imported for migrations)
+    from webapp.api import bp as api_bp
+    from webapp.auth import bp as auth_bp
+    from webapp.broker import bp as broker_bp
+    from webapp.main import bp as main_bp
+    from webapp.strategies import bp as strategies_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(broker_bp)
+    app.register_blueprint(strategies_bp)
+    app.register_blueprint(api_bp)
+    csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
+
+    from webapp import cli, http
+
+    http.init_app(app)
+    cli.init_app(app)
+
+    @login_manager.user_loader
+    def load_user(user_id: str) -> models.User | None:
+        user = db.session.get(models.User, int(user_id))
+        return user if user and not user.disabled else None
+
+    logging.getLogger(__name__).debug("app created", extra={"event": "app_created"})
+    return app

@@ -1,0 +1,58 @@
+"""JSON API, /api/v1. Authenticated by `Authorization: Bearer <token>` (from /auth/login) or by the
+browser session; session-authenticated writes must carry the CSRF token like any form."""
+from __future__ import annotations
+
+from functools import wraps
+from typing import Any, Callable
+
+from flask import Blueprint, g, request
+from flask_login import current_user
+
+from webapp.api import tokens
+from webapp.extensions import csrf
+from webapp.http import json_error
+from webapp.models import User
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+@bp.before_request
+def _authenticate() -> None:
+    g.api_user = None
+    header = request.headers.get("Authorization", "")
+    if header:
+        # An Authorization header is the only credential then: a bad token never falls back to cookies.
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token:
+            g.api_user = tokens.verify(token.strip())
+        return
+    if current_user.is_authenticated:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            csrf.protect()
+        g.api_user = current_user._get_current_object()
+
+
+def api_user() -> User:
+    return g.api_user
+
+
+def auth_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if g.get("api_user") is None:
+            response, status = json_error(401, "Log in first: send 'Authorization: Bearer <token>'.")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+            return response, status
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def json_body() -> dict:
+    """The request's JSON object, or an empty dict when the body is not one (validation then says what
+    is missing, field by field)."""
+    body = request.get_json(silent=True)
+    return body if isinstance(body, dict) else {}
+
+
+from webapp.api import routes  # noqa: E402,F401  (registers the routes on bp)

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from flask import jsonify
+
+from webapp.api import api_user, auth_required, bp, json_body, tokens
+from webapp.api.openapi import SPEC
+from webapp.auth import login_rate_limited
+from webapp.brokers import BrokerAuthFailed
+from webapp.http import json_error
+from webapp.services import accounts, broker_accounts
+from webapp.services import strategies as service
+from webapp.services.errors import ValidationFailed
+from webapp.services.strategies import NotEditable
+
+
+def _validation(exc: ValidationFailed):  # type: ignore[no-untyped-def]
+    return json_error(422, "Some fields are not valid.", fields=exc.fields)
+
+
+def _token_response(user, status: int = 200):  # type: ignore[no-untyped-def]
+    token, expires = tokens.issue(user)
+    return jsonify(token=token, token_type="Bearer", expires_at=expires.isoformat(), user_id=user.id), status
+
+
+@bp.get("/openapi.json")
+def openapi():  # type: ignore[no-untyped-def]
+    return jsonify(SPEC)
+
+
+@bp.post("/auth/register")
+def register():  # type: ignore[no-untyped-def]
+    body = json_body()
+    try:
+        user = accounts.register(body.get("email"), body.get("password"))
+    except ValidationFailed as exc:
+        return _validation(exc)
+    return _token_response(user, 201)
+
+
+@bp.post("/auth/login")
+@login_rate_limited
+def login():  # type: ignore[no-untyped-def]
+    body = json_body()
+    user = accounts.authenticate(body.get("email"), body.get("password"))
+    if user is None:
+        return json_error(401, "Wrong email or password.", code="INVALID_CREDENTIALS")
+    return _token_response(user)
+
+
+@bp.get("/broker")
+@auth_required
+def broker_status():  # type: ignore[no-untyped-def]
+    return jsonify(account=broker_accounts.describe(broker_accounts.account_for(api_user())))
+
+
+@bp.post("/broker/connect")
+@auth_required
+def broker_connect():  # type: ignore[no-untyped-def]
+    try:
+        account = broker_accounts.connect(api_user(), json_body())
+    except ValidationFailed as exc:
+        return _validation(exc)
+    except BrokerAuthFailed as exc:
+        return json_error(400, str(exc), code=exc.code)
+    return jsonify(account=broker_accounts.describe(account))
+
+
+@bp.get("/strategies")
+@auth_required
+def strategies():  # type: ignore[no-untyped-def]
+    return jsonify(strategies=[service.to_dict(s) for s in service.list_for(api_user())])
+
+
+@bp.post("/strategy/create")
+@auth_required
+def strategy_create():  # type: ignore[no-untyped-def]
+    try:
+        strategy = service.create(api_user(), json_body())
+    except ValidationFailed as exc:
+        return _validation(exc)
+    return jsonify(strategy_id=strategy.id, strategy=service.to_dict(strategy)), 201
+
+
+@bp.get("/strategy/<int:strategy_id>")
+@auth_required
+def strategy_get(strategy_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(strategy=service.to_dict(service.get_owned(api_user(), strategy_id)))
+
+
+@bp.put("/strategy/<int:strategy_id>")
+@auth_required
+def strategy_update(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    try:
+        service.update(strategy, json_body())
+    except ValidationFailed as exc:
+        return _validation(exc)
+    except NotEditable as exc:
+        return json_error(409, str(exc), code=exc.code)
+    return jsonify(strategy=service.to_dict(strategy))
+
+
+@bp.delete("/strategy/<int:strategy_id>")
+@auth_required
+def strategy_delete(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    try:
+        service.delete(strategy)
+    except NotEditable as exc:
+        return json_error(409, str(exc), code=exc.code)
+    return "", 204

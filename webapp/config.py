@@ -1,0 +1,61 @@
+"""Settings, from the environment (or a .env file) with safe defaults for a single machine."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from dotenv import load_dotenv
+
+from webapp.instance_secrets import load_or_create
+
+ROOT = Path(__file__).resolve().parent.parent
+load_dotenv(ROOT / ".env")
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+class Config:
+    """Read once per process when create_app() is called; tests pass overrides as a dict."""
+
+    def __init__(self) -> None:
+        self.INSTANCE_DIR = Path(os.environ.get("INSTANCE_DIR", ROOT / "instance"))
+        self.SECRET_KEY = load_or_create(
+            "SECRET_KEY", self.INSTANCE_DIR / "secret_key", lambda: secrets.token_hex(32)
+        )
+        self.ALGO_FERNET_KEY = load_or_create(
+            "ALGO_FERNET_KEY", self.INSTANCE_DIR / "fernet_key", lambda: Fernet.generate_key().decode()
+        )
+        self.SQLALCHEMY_DATABASE_URI = os.environ.get(
+            "DATABASE_URL", f"sqlite:///{self.INSTANCE_DIR / 'algo.sqlite3'}"
+        )
+        self.REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6390/0")
+        self.REDIS_PREFIX = os.environ.get("REDIS_PREFIX", "")
+        self.BROKER = os.environ.get("BROKER", "paper")
+        self.KITE_API_ROOT = os.environ.get("KITE_API_ROOT", "https://api.kite.trade")
+        self.KITE_TICKER_ROOT = os.environ.get("KITE_TICKER_ROOT", "wss://ws.kite.trade")
+        # "nse": NSE cash session on trading days; "always": every day, all day (demos, tests).
+        self.TRADING_CALENDAR = os.environ.get("TRADING_CALENDAR", "nse")
+        self.MAX_QUANTITY = int(os.environ.get("MAX_QUANTITY", "100000"))
+        self.API_TOKEN_TTL_SECONDS = int(os.environ.get("API_TOKEN_TTL_SECONDS", str(12 * 3600)))
+        self.LOGIN_LIMIT_PER_IP = os.environ.get("LOGIN_LIMIT_PER_IP", "20 per minute")
+        self.LOGIN_LIMIT_PER_ACCOUNT = os.environ.get("LOGIN_LIMIT_PER_ACCOUNT", "5 per minute")
+        self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", self.REDIS_URL)
+        self.RATELIMIT_HEADERS_ENABLED = True
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
+        self.WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the session: no surprise 400 on a tab left open
+        self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k.isupper()}

@@ -1,0 +1,97 @@
+"""Cross-cutting HTTP behaviour: error pages (HTML or JSON by path), security headers, HTMX helpers."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, redirect, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_FAILED",
+    429: "RATE_LIMITED",
+    500: "INTERNAL_ERROR",
+}
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/")
+
+
+def is_htmx() -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def json_error(status: int, message: str, code: str | None = None, **extra: object) -> tuple[Response, int]:
+    return jsonify(error=code or ERROR_CODES.get(status, "ERROR"), message=message, **extra), status
+
+
+def go_to(url: str) -> Response:
+    """After a successful form post: HTMX follows HX-Redirect; a plain browser follows a 303."""
+    if is_htmx():
+        response = Response(status=204)
+        response.headers["HX-Redirect"] = url
+        return response
+    return redirect(url, code=303)
+
+
+def _message_for(error: HTTPException) -> str:
+    if error.code == 429:
+        return f"Too many attempts. Try again in a minute ({error.description})."
+    if error.code == 404:
+        return "Not found."
+    return error.description or error.name
+
+
+def _handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
+    status = error.code or 500
+    if isinstance(error, CSRFError):
+        message = "Your form expired or came from another site. Reload the page and try again."
+    else:
+        message = _message_for(error)
+    if wants_json():
+        response, status = json_error(status, message)
+    else:
+        response = Response(render_template("error.html", status=status, message=message), status=status)
+    if status == 429 and error.response is not None and error.response.headers.get("Retry-After"):
+        response.headers["Retry-After"] = error.response.headers["Retry-After"]
+    return response
+
+
+def _handle_unexpected(error: Exception):  # type: ignore[no-untyped-def]
+    if isinstance(error, HTTPException):
+        return _handle_http_error(error)
+    log.exception("unhandled error", extra={"event": "http_500", "path": request.path})
+    if wants_json():
+        return json_error(500, "Something went wrong on our side; it has been logged.")
+    return render_template("error.html", status=500, message="Something went wrong on our side."), 500
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'",
+    )
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(Exception, _handle_unexpected)
+    app.after_request(_security_headers)

@@ -1,0 +1,50 @@
+"""Symbol ↔ instrument lookups. Paper mode reads the small NSE list shipped in webapp/data (Kite's
+instruments CSV layout), so a strategy can be validated with no broker account."""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+
+PAPER_INSTRUMENTS = Path(__file__).parent / "data" / "nse_instruments.csv"
+
+
+@dataclass(frozen=True)
+class Instrument:
+    instrument_token: int
+    tradingsymbol: str
+    name: str
+    exchange: str
+    last_price: Decimal
+    tick_size: Decimal
+    lot_size: int
+
+
+def parse_kite_csv(text: str) -> list[Instrument]:
+    return [
+        Instrument(
+            instrument_token=int(row["instrument_token"]),
+            tradingsymbol=row["tradingsymbol"],
+            name=row["name"],
+            exchange=row["exchange"],
+            last_price=Decimal(row["last_price"] or "0"),
+            tick_size=Decimal(row["tick_size"] or "0.05"),
+            lot_size=int(row["lot_size"] or 1),
+        )
+        for row in csv.DictReader(text.splitlines())
+    ]
+
+
+@lru_cache(maxsize=1)
+def paper_catalog() -> dict[tuple[str, str], Instrument]:
+    return {(i.exchange, i.tradingsymbol): i for i in parse_kite_csv(PAPER_INSTRUMENTS.read_text())}
+
+
+def lookup(exchange: str, symbol: str) -> Instrument | None:
+    return paper_catalog().get((exchange.upper(), symbol.upper()))
+
+
+def exchanges() -> list[str]:
+    return sorted({exchange for exchange, _ in paper_catalog()})

@@ -1,0 +1,47 @@
+"""Exchange time: trading times are Asia/Kolkata wall-clock times; the trading-day and session rules live
+here and nowhere else."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import time
+from zoneinfo import ZoneInfo
+
+IST = ZoneInfo("Asia/Kolkata")
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
+
+
+def parse_time(raw: str) -> time | None:
+    """HH:MM or HH:MM:SS (24-hour) → time; anything else → None."""
+    match = _TIME_RE.match(raw.strip()) if isinstance(raw, str) else None
+    if not match:
+        return None
+    hh, mm, ss = match.groups()
+    return time(int(hh), int(mm), int(ss or 0))
+
+
+def format_time(value: time) -> str:
+    return value.strftime("%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class Session:
+    opens: time
+    closes: time
+
+    def contains(self, value: time) -> bool:
+        return self.opens <= value <= self.closes
+
+    def describe(self) -> str:
+        return f"{format_time(self.opens)}–{format_time(self.closes)} IST"
+
+
+SESSIONS = {
+    "nse": Session(time(9, 15), time(15, 30)),
+    # For demos and tests outside market hours: the whole day, every day.
+    "always": Session(time(0, 0), time(23, 59, 59)),
+}
+
+
+def session_for(calendar: str) -> Session:
+    return SESSIONS[calendar]

@@ -1,0 +1,145 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from flask_login import UserMixin
+from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, func
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from webapp.extensions import db
+from webapp.state_machine import Status
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+Money = Numeric(14, 2, asdecimal=True)
+
+
+class UTCDateTime(TypeDecorator):
+    """Stored in UTC; always read back timezone-aware (SQLite would otherwise hand back naive values)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: object) -> datetime | None:
+        return value.astimezone(timezone.utc) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value: datetime | None, dialect: object) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(db.String(254), unique=True, index=True)  # stored lower-cased
+    password_hash: Mapped[str] = mapped_column(db.String(255))
+    is_admin: Mapped[bool] = mapped_column(default=False)
+    disabled: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    broker_accounts: Mapped[list[BrokerAccount]] = relationship(back_populates="user", cascade="all, delete-orphan")
+    strategies: Mapped[list[Strategy]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password, method="scrypt")
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return not self.disabled
+
+
+class BrokerAccount(db.Model):
+    __tablename__ = "broker_accounts"
+    __table_args__ = (UniqueConstraint("user_id", "broker", name="uq_broker_accounts_user_broker"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    broker: Mapped[str] = mapped_column(db.String(16))  # paper | kite
+    api_key_enc: Mapped[bytes] = mapped_column(db.LargeBinary)
+    api_secret_enc: Mapped[bytes] = mapped_column(db.LargeBinary)
+    access_token_enc: Mapped[bytes | None] = mapped_column(db.LargeBinary, nullable=True)
+    api_key_last4: Mapped[str] = mapped_column(db.String(4))
+    status: Mapped[str] = mapped_column(db.String(24), default="connected")  # connected | login_required
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="broker_accounts")
+
+
+class Strategy(db.Model):
+    __tablename__ = "strategies"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    broker_account_id: Mapped[int | None] = mapped_column(
+        db.ForeignKey("broker_accounts.id", ondelete="SET NULL"), nullable=True
+    )
+    name: Mapped[str] = mapped_column(db.String(80))
+    symbol: Mapped[str] = mapped_column(db.String(40))
+    exchange: Mapped[str] = mapped_column(db.String(8))
+    instrument_token: Mapped[int | None] = mapped_column(db.BigInteger, nullable=True)
+    product: Mapped[str] = mapped_column(db.String(8), default="MIS")
+    quantity: Mapped[int] = mapped_column()
+    buy_time: Mapped[str] = mapped_column(db.String(8))  # HH:MM:SS, Asia/Kolkata
+    sell_time: Mapped[str] = mapped_column(db.String(8))
+    stop_loss: Mapped[Decimal] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(db.String(16), default=Status.CREATED.value, index=True)
+    status_reason: Mapped[str | None] = mapped_column(db.String(255), nullable=True)
+    position: Mapped[int] = mapped_column(default=0)
+    entry_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    exit_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    last_action: Mapped[str | None] = mapped_column(db.String(16), nullable=True)
+    needs_attention: Mapped[bool] = mapped_column(default=False)
+    run_date: Mapped[str | None] = mapped_column(db.String(10), nullable=True)  # IST date of the current run
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    user: Mapped[User] = relationship(back_populates="strategies")
+    broker_account: Mapped[BrokerAccount | None] = relationship()
+    orders: Mapped[list[OrderLog]] = relationship(
+        back_populates="strategy", cascade="all, delete-orphan", order_by="OrderLog.id"
+    )
+
+
+class OrderLog(db.Model):
+    __tablename__ = "order_logs"
+    __table_args__ = (UniqueConstraint("event_id", "attempt", name="uq_order_logs_event_attempt"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    strategy_id: Mapped[int] = mapped_column(db.ForeignKey("strategies.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(db.String(16))  # BUY | SELL | STOPLOSS | STOP | KILL
+    event_id: Mapped[str] = mapped_column(db.String(80), index=True)
+    side: Mapped[str] = mapped_column(db.String(4))  # BUY | SELL
+    quantity: Mapped[int] = mapped_column()
+    price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    broker_order_id: Mapped[str | None] = mapped_column(db.String(64), nullable=True)
+    tag: Mapped[str] = mapped_column(db.String(20), index=True)
+    status: Mapped[str] = mapped_column(db.String(24))  # PENDING | COMPLETE | REJECTED | ERROR | ...
+    attempt: Mapped[int] = mapped_column(default=1)
+    error: Mapped[str | None] = mapped_column(db.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    strategy: Mapped[Strategy] = relationship(back_populates="orders")
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    actor_user_id: Mapped[int | None] = mapped_column(db.ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    subject_user_id: Mapped[int | None] = mapped_column(
+        db.ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    strategy_id: Mapped[int | None] = mapped_column(nullable=True, index=True)
+    action: Mapped[str] = mapped_column(db.String(48))
+    severity: Mapped[str] = mapped_column(db.String(12), default="info")
+    detail: Mapped[dict] = mapped_column(db.JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from flask import Blueprint, flash, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from webapp import instruments
+from webapp.http import go_to, is_htmx
+from webapp.services import broker_accounts
+from webapp.services import strategies as service
+from webapp.services.errors import ValidationFailed
+from webapp.services.strategies import NotEditable
+from webapp.state_machine import is_editable
+
+bp = Blueprint("strategies", __name__, url_prefix="/strategies")
+
+
+@bp.before_request
+@login_required
+def _require_login() -> None:
+    return None
+
+
+def _form(strategy, errors: dict, status: int, values):  # type: ignore[no-untyped-def]
+    context = {
+        "strategy": strategy,
+        "errors": errors,
+        "values": values,
+        "symbols": sorted(sym for _, sym in instruments.paper_catalog()),
+        "exchanges": instruments.exchanges(),
+    }
+    template = "strategies/_form.html" if is_htmx() else "strategies/form.html"
+    return render_template(template, **context), status
+
+
+@bp.get("")
+def index():  # type: ignore[no-untyped-def]
+    return render_template(
+        "strategies/index.html",
+        strategies=service.list_for(current_user),
+        account=broker_accounts.describe(broker_accounts.account_for(current_user)),
+    )
+
+
+@bp.route("/new", methods=["GET", "POST"])
+def new():  # type: ignore[no-untyped-def]
+    if request.method == "POST":
+        try:
+            strategy = service.create(current_user, request.form.to_dict())
+        except ValidationFailed as exc:
+            return _form(None, exc.fields, 422, request.form)
+        flash(f"Strategy “{strategy.name}” created.", "success")
+        return go_to(url_for("strategies.detail", strategy_id=strategy.id))
+    return _form(None, {}, 200, {"exchange": "NSE", "product": "MIS"})
+
+
+@bp.get("/<int:strategy_id>")
+def detail(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    return render_template("strategies/detail.html", strategy=strategy, editable=is_editable(strategy.status))
+
+
+@bp.route("/<int:strategy_id>/edit", methods=["GET", "POST"])
+def edit(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    if request.method == "POST":
+        try:
+            service.update(strategy, request.form.to_dict())
+        except ValidationFailed as exc:
+            return _form(strategy, exc.fields, 422, request.form)
+        except NotEditable as exc:
+            return _form(strategy, {"form": str(exc)}, 409, request.form)
+        flash("Strategy saved.", "success")
+        return go_to(url_for("strategies.detail", strategy_id=strategy.id))
+    return _form(strategy, {}, 200, service.to_dict(strategy))
+
+
+@bp.post("/<int:strategy_id>/delete")
+def delete(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    try:
+        service.delete(strategy)
+    except NotEditable as exc:
+        flash(str(exc), "error")
+        return go_to(url_for("strategies.detail", strategy_id=strategy_id))
+    flash("Strategy deleted.", "success")
+    return go_to(url_for("strategies.index"))
