@@ -60,9 +60,10 @@ def _handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
     else:
         message = _message_for(error)
     if wants_json():
-        response, status = json_error(status, message)
+        response = json_error(status, message)[0]
     else:
-        response = Response(render_template("error.html", status=status, message=message), status=status)
+        response = Response(render_template("error.html", status=status, message=message))
+    response.status_code = status
     if status == 429 and error.response is not None and error.response.headers.get("Retry-After"):
         response.headers["Retry-After"] = error.response.headers["Retry-After"]
     return response

