@@ -3,9 +3,14 @@ clients, and a live server + Debian chromium for browser tests."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
+import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -14,6 +19,13 @@ import pytest
 os.environ["INSTANCE_DIR"] = tempfile.mkdtemp(prefix="algo-test-instance-")
 os.environ.pop("REDIS_URL", None)
 os.environ.pop("DATABASE_URL", None)
+# The injected clock (webapp/clock.py): every process of this test session sees 10:00:00 IST at start, so
+# "a few seconds ahead" never wraps past midnight, whenever the suite runs. Subprocesses inherit it.
+_ist_now = datetime.now(timezone(timedelta(hours=5, minutes=30)))
+os.environ["CLOCK_OFFSET_SECONDS"] = str(
+    (_ist_now.replace(hour=10, minute=0, second=0, microsecond=0) - _ist_now).total_seconds()
+)
+ROOT = Path(__file__).resolve().parent.parent
 
 import redis  # noqa: E402
 
@@ -98,3 +110,66 @@ def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+class Processes:
+    """Real worker / scheduler / listener processes for a test, each logging to its own file, which the
+    test can kill (-9 for real) and start again."""
+
+    def __init__(self, env: dict, logdir: Path) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.running: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, module: str) -> subprocess.Popen:
+        log = open(self.logdir / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.running[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.running.pop(name)
+        proc.send_signal(sig)
+        proc.wait(timeout=15)
+
+    def log(self, name: str) -> str:
+        return (self.logdir / f"{name}.log").read_text()
+
+    def stop_all(self) -> None:
+        for proc in self.running.values():
+            proc.terminate()
+        for proc in self.running.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.running.clear()
+
+
+@pytest.fixture
+def processes(app, tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {**os.environ,
+           "DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
+           "REDIS_URL": app.config["REDIS_URL"],
+           "TRADING_CALENDAR": app.config["TRADING_CALENDAR"],
+           "ORDER_RETRY_BACKOFF": "0.05,0.1",
+           "ORDER_CONFIRM_TIMEOUT": "5",
+           "LOG_LEVEL": "INFO"}
+    procs = Processes(env, tmp_path)
+    yield procs
+    procs.stop_all()
+    for logfile in sorted(tmp_path.glob("*.log")):  # shown by pytest only when the test failed
+        print(f"----- {logfile.name} (last 60 lines) -----")
+        print("\n".join(logfile.read_text(errors="replace").splitlines()[-60:]))
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Wait for a state, not for a time: returns as soon as predicate() is truthy."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -10,7 +10,7 @@ from webapp.config import ROOT, Config
 from webapp.extensions import csrf, db, limiter, login_manager, migrate
 
 
-def create_app(overrides: dict | None = None) -> Flask:
+def create_app(overrides: dict | None = None, process_name: str = "web") -> Flask:
     app = Flask(
         __name__,
         template_folder=str(ROOT / "templates"),
@@ -20,7 +20,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.config.from_mapping(Config().as_dict())
     app.config.from_mapping(overrides or {})
     if not app.config.get("TESTING"):
-        logs.configure("web", app.config["LOG_LEVEL"])
+        logs.configure(process_name, app.config["LOG_LEVEL"])
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
 
     db.init_app(app)
@@ -46,6 +46,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
 
     from webapp import cli, http
+    from webapp.market_calendar import IST
+
+    app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
 
     http.init_app(app)
     cli.init_app(app)

@@ -55,6 +55,13 @@ class Config:
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
         self.WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the session: no surprise 400 on a tab left open
+        self.PAPER_SLIPPAGE_BPS = float(os.environ.get("PAPER_SLIPPAGE_BPS", "0"))
+        # Order placement: attempts in all, pauses between them, and how long to follow an order to a
+        # final state.
+        self.ORDER_ATTEMPTS = int(os.environ.get("ORDER_ATTEMPTS", "3"))
+        self.ORDER_RETRY_BACKOFF = [float(x) for x in os.environ.get("ORDER_RETRY_BACKOFF", "0.2,0.5").split(",")]
+        self.ORDER_CONFIRM_TIMEOUT = float(os.environ.get("ORDER_CONFIRM_TIMEOUT", "10"))
+        self.LOCK_TIMEOUT_SECONDS = int(os.environ.get("LOCK_TIMEOUT_SECONDS", "120"))
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
     def as_dict(self) -> dict:

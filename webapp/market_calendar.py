@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import time
+from datetime import date, datetime, time, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 IST = ZoneInfo("Asia/Kolkata")
+HOLIDAYS_FILE = Path(__file__).parent / "data" / "nse_holidays.txt"
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)(?::([0-5]\d))?$")
 
 
@@ -45,3 +48,32 @@ SESSIONS = {
 
 def session_for(calendar: str) -> Session:
     return SESSIONS[calendar]
+
+
+@lru_cache(maxsize=1)
+def nse_holidays() -> frozenset[date]:
+    lines = (line.strip() for line in HOLIDAYS_FILE.read_text().splitlines())
+    return frozenset(date.fromisoformat(line) for line in lines if line and not line.startswith("#"))
+
+
+def is_trading_day(day: date, calendar: str) -> bool:
+    if calendar == "always":
+        return True
+    return day.weekday() < 5 and day not in nse_holidays()
+
+
+def next_trading_day(after: date, calendar: str) -> date:
+    day = after + timedelta(days=1)
+    while not is_trading_day(day, calendar):
+        day += timedelta(days=1)
+    return day
+
+
+def exchange_date(moment: datetime) -> date:
+    """The IST calendar date of an aware moment."""
+    return moment.astimezone(IST).date()
+
+
+def instant(day: date, at: time) -> datetime:
+    """An IST wall-clock time on an IST date, as aware UTC."""
+    return datetime.combine(day, at, tzinfo=IST).astimezone(timezone.utc)

@@ -6,8 +6,9 @@ from webapp.api import api_user, auth_required, bp, json_body, tokens
 from webapp.api.openapi import SPEC
 from webapp.auth import login_rate_limited
 from webapp.brokers import BrokerAuthFailed
+from webapp.engine import lifecycle
 from webapp.http import json_error
-from webapp.services import accounts, broker_accounts
+from webapp.services import accounts, broker_accounts, status
 from webapp.services import strategies as service
 from webapp.services.errors import ValidationFailed
 from webapp.services.strategies import NotEditable
@@ -109,3 +110,38 @@ def strategy_delete(strategy_id: int):  # type: ignore[no-untyped-def]
     except NotEditable as exc:
         return json_error(409, str(exc), code=exc.code)
     return "", 204
+
+
+@bp.post("/strategy/<int:strategy_id>/start")
+@auth_required
+def strategy_start(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    try:
+        message = lifecycle.start(strategy)
+    except lifecycle.StartRefused as exc:
+        return json_error(409, str(exc), code=exc.code)
+    return jsonify(message=message, status=status.status_for(strategy))
+
+
+@bp.post("/strategy/<int:strategy_id>/stop")
+@auth_required
+def strategy_stop(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    try:
+        message = lifecycle.request_stop(strategy)
+    except lifecycle.NotRunning as exc:
+        return json_error(409, str(exc), code=exc.code)
+    return jsonify(message=message, status=status.status_for(strategy)), 202
+
+
+@bp.get("/strategy/status/<int:strategy_id>")
+@auth_required
+def strategy_status(strategy_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(status.status_for(service.get_owned(api_user(), strategy_id)))
+
+
+@bp.get("/strategy/<int:strategy_id>/orders")
+@auth_required
+def strategy_orders(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    return jsonify(orders=[status.order_to_dict(row) for row in status.orders(strategy)])

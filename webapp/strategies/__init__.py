@@ -4,8 +4,9 @@ from flask import Blueprint, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from webapp import instruments
+from webapp.engine import lifecycle
 from webapp.http import go_to, is_htmx
-from webapp.services import broker_accounts
+from webapp.services import broker_accounts, status
 from webapp.services import strategies as service
 from webapp.services.errors import ValidationFailed
 from webapp.services.strategies import NotEditable
@@ -53,10 +54,42 @@ def new():  # type: ignore[no-untyped-def]
     return _form(None, {}, 200, {"exchange": "NSE", "product": "MIS"})
 
 
+def _panel_context(strategy) -> dict:  # type: ignore[no-untyped-def]
+    return {"strategy": strategy, "state": status.status_for(strategy), "orders": status.orders(strategy),
+            "editable": is_editable(strategy.status)}
+
+
 @bp.get("/<int:strategy_id>")
 def detail(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
-    return render_template("strategies/detail.html", strategy=strategy, editable=is_editable(strategy.status))
+    return render_template("strategies/detail.html", **_panel_context(strategy))
+
+
+@bp.get("/<int:strategy_id>/panel")
+def panel(strategy_id: int):  # type: ignore[no-untyped-def]
+    """The live part of the strategy page, re-fetched by HTMX."""
+    strategy = service.get_owned(current_user, strategy_id)
+    return render_template("strategies/_panel.html", **_panel_context(strategy))
+
+
+@bp.post("/<int:strategy_id>/start")
+def start(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    try:
+        flash(lifecycle.start(strategy), "success")
+    except lifecycle.StartRefused as exc:
+        flash(f"Not started: {exc}", "error")
+    return go_to(url_for("strategies.detail", strategy_id=strategy_id))
+
+
+@bp.post("/<int:strategy_id>/stop")
+def stop(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    try:
+        flash(lifecycle.request_stop(strategy), "success")
+    except lifecycle.NotRunning as exc:
+        flash(str(exc), "error")
+    return go_to(url_for("strategies.detail", strategy_id=strategy_id))
 
 
 @bp.route("/<int:strategy_id>/edit", methods=["GET", "POST"])

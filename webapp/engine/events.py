@@ -1,0 +1,63 @@
+"""Events (DESIGN.md section 4): one per trigger, with an id that makes a second delivery recognisable,
+and the broker order tag derived from it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+
+from webapp import clock
+
+BUY, SELL, STOPLOSS, STOP, KILL = "BUY", "SELL", "STOPLOSS", "STOP", "KILL"
+EXITS = frozenset({SELL, STOPLOSS, STOP, KILL})
+# Exits outrank entries: every worker drains `stoploss` before `orders`.
+QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss"}
+QUEUES = ("stoploss", "orders")
+_TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K"}
+JOB_FUNCTION = "jobs.tasks.handle_event"
+
+
+def event_id(kind: str, strategy_id: int, run_date: date) -> str:
+    return f"{strategy_id}:{kind}:{run_date:%Y%m%d}"
+
+
+def order_tag(event_id_: str) -> str:
+    """Kite's tag: alphanumeric, at most 20 characters. The letter between id and date keeps
+    strategy 12's tags apart from strategy 1's."""
+    strategy_id, kind, day = event_id_.split(":")
+    tag = f"{strategy_id}{_TAG_CODE[kind]}{day[2:]}"
+    if len(tag) > 20 or not tag.isalnum():
+        raise ValueError(f"cannot derive a Kite tag from {event_id_!r}")
+    return tag
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    strategy_id: int
+    event_id: str
+    timestamp: str  # ISO UTC: the instant the trigger is for (never acted on before it)
+    price: str | None = None
+
+    @classmethod
+    def for_run(cls, kind: str, strategy_id: int, run_date: date, at: datetime | None = None,
+                price: str | None = None) -> Event:
+        return cls(kind, strategy_id, event_id(kind, strategy_id, run_date), (at or clock.now()).isoformat(), price)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Event:
+        return cls(data["event"], int(data["strategy_id"]), data["event_id"], data["timestamp"], data.get("price"))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def instant(self) -> datetime:
+        return datetime.fromisoformat(self.timestamp)
+
+    @property
+    def tag(self) -> str:
+        return order_tag(self.event_id)
+
+    @property
+    def queue(self) -> str:
+        return QUEUE_FOR[self.event]

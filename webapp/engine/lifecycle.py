@@ -1,0 +1,97 @@
+"""START and STOP from the web (pipelines 4–5 and 11). START registers the triggers; STOP hands the
+strategy to the engine on the priority queue, so squaring off runs through the one engine."""
+from __future__ import annotations
+
+import logging
+from datetime import date
+
+from flask import current_app
+from rq import Queue
+
+from webapp import clock, redis_client
+from webapp.engine import runtime, schedule
+from webapp.engine.events import BUY, JOB_FUNCTION, SELL, STOP, Event
+from webapp.engine.schedule import JOB_TIMEOUT_SECONDS, RESULT_TTL_SECONDS
+from webapp.extensions import db
+from webapp.keys import runtime_lock
+from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
+from webapp.models import Strategy
+from webapp.services import broker_accounts
+from webapp.state_machine import Status, can_transition, is_running
+
+log = logging.getLogger("engine.lifecycle")
+
+
+class StartRefused(Exception):
+    code = "START_REFUSED"
+
+
+class NotRunning(Exception):
+    code = "NOT_RUNNING"
+
+
+def enqueue(event: Event) -> None:
+    Queue(event.queue, connection=redis_client.current()).enqueue(
+        JOB_FUNCTION, event.to_dict(), job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=RESULT_TTL_SECONDS,
+        description=event.event_id,
+    )
+
+
+def start(strategy: Strategy) -> str:
+    """Idempotent: START on a running strategy changes nothing."""
+    conn = redis_client.current()
+    with conn.lock(runtime_lock(strategy.id), timeout=30, blocking_timeout=10):
+        db.session.refresh(strategy)
+        if is_running(strategy.status):
+            return "Already running."
+        account = broker_accounts.account_for(strategy.user)
+        if account is None:
+            raise StartRefused("Connect a broker account first.")
+        if account.status == "login_required":
+            raise StartRefused("Broker login required: log in to your broker again, then START.")
+        calendar = current_app.config["TRADING_CALENDAR"]
+        now = clock.now()
+        today = exchange_date(now)
+        buy_at = instant(today, parse_time(strategy.buy_time))
+        sell_at = instant(today, parse_time(strategy.sell_time))
+        if not is_trading_day(today, calendar):
+            raise StartRefused(f"{today:%a %d %b %Y} is not a trading day. START on "
+                               f"{next_trading_day(today, calendar):%a %d %b} before {strategy.buy_time} IST.")
+        if now >= buy_at:
+            raise StartRefused(f"Today's buy time {strategy.buy_time} IST has passed. START on "
+                               f"{next_trading_day(today, calendar):%a %d %b} before {strategy.buy_time} IST.")
+        if not can_transition(strategy.status, Status.WAITING_ENTRY):
+            raise StartRefused(f"Cannot start from {strategy.status}.")
+
+        strategy.status = Status.WAITING_ENTRY.value
+        strategy.run_date = today.isoformat()
+        strategy.broker_account_id = account.id
+        strategy.position = 0
+        strategy.entry_price = strategy.exit_price = None
+        strategy.status_reason = None
+        strategy.needs_attention = False
+        strategy.last_action = "START"
+        db.session.commit()
+        runtime.activate(conn, strategy)
+        schedule.register(conn, Event.for_run(BUY, strategy.id, today, buy_at), buy_at)
+        schedule.register(conn, Event.for_run(SELL, strategy.id, today, sell_at), sell_at)
+    log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
+                                        "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat()})
+    return f"Running: BUY at {strategy.buy_time} IST, SELL at {strategy.sell_time} IST."
+
+
+def request_stop(strategy: Strategy) -> str:
+    """The engine squares off any position (one SELL), then halts; triggers are cancelled at once."""
+    db.session.refresh(strategy)
+    if not is_running(strategy.status):
+        raise NotRunning("This strategy is not running.")
+    conn = redis_client.current()
+    schedule.cancel(conn, strategy.id)
+    run_date = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
+    event = Event.for_run(STOP, strategy.id, run_date)
+    enqueue(event)
+    log.info("stop requested", extra={"event": "STOP", "strategy_id": strategy.id, "user_id": strategy.user_id,
+                                      "event_id": event.event_id})
+    if strategy.status == Status.IN_POSITION:
+        return f"Stopping: selling {strategy.position} {strategy.symbol} at market first."
+    return "Stopping."

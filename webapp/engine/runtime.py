@@ -1,0 +1,63 @@
+"""Runtime state in Redis (DESIGN.md section 3): what the listener and the UI read while a strategy
+runs. The database stays the truth; this is rebuilt from it, and written after it."""
+from __future__ import annotations
+
+import json
+
+import redis
+
+from webapp import clock, keys
+from webapp.models import Strategy
+
+
+def _runtime_fields(strategy: Strategy) -> dict:
+    return {
+        "status": strategy.status,
+        "position": strategy.position,
+        "last_action": strategy.last_action or "",
+        "entry_price": str(strategy.entry_price) if strategy.entry_price is not None else "",
+        "updated_at": clock.now().isoformat(),
+    }
+
+
+def activate(conn: redis.Redis, strategy: Strategy) -> None:
+    """START: the static metadata, the runtime hash and the symbol index, in one round trip."""
+    pipe = conn.pipeline()
+    pipe.delete(keys.runtime(strategy.id))
+    pipe.hset(keys.strategy(strategy.id), mapping={
+        "user_id": strategy.user_id, "symbol": strategy.symbol, "exchange": strategy.exchange,
+        "instrument_token": strategy.instrument_token or "", "quantity": strategy.quantity,
+        "buy_time": strategy.buy_time, "sell_time": strategy.sell_time, "stop_loss": str(strategy.stop_loss),
+        "broker_account_id": strategy.broker_account_id or "", "run_date": strategy.run_date or "",
+    })
+    pipe.hset(keys.runtime(strategy.id), mapping=_runtime_fields(strategy))
+    # Scored by stop price so the listener can find every breached strategy with one range query.
+    pipe.zadd(keys.symbol_strategies(strategy.symbol), {str(strategy.id): float(strategy.stop_loss)})
+    pipe.execute()
+    publish(conn, strategy)
+
+
+def update(conn: redis.Redis, strategy: Strategy, **extra: object) -> None:
+    conn.hset(keys.runtime(strategy.id), mapping={**_runtime_fields(strategy), **extra})
+    publish(conn, strategy)
+
+
+def deactivate(conn: redis.Redis, strategy: Strategy) -> None:
+    """A terminal state: nothing about this strategy may remain for the listener to act on."""
+    pipe = conn.pipeline()
+    pipe.zrem(keys.symbol_strategies(strategy.symbol), str(strategy.id))
+    pipe.delete(keys.strategy(strategy.id), keys.runtime(strategy.id))
+    pipe.execute()
+    publish(conn, strategy)
+
+
+def read(conn: redis.Redis, strategy_id: int) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.runtime(strategy_id)).items()}
+
+
+def publish(conn: redis.Redis, strategy: Strategy) -> None:
+    """"Runtime changed", for the live UI; best effort, the page also polls."""
+    conn.publish(keys.RUNTIME_CHANNEL, json.dumps({
+        "strategy_id": strategy.id, "user_id": strategy.user_id, "status": strategy.status,
+        "position": strategy.position, "last_action": strategy.last_action,
+    }))

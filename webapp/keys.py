@@ -1,0 +1,53 @@
+"""Every Redis key and channel name, in one place (DESIGN.md section 3). The prefix lets tests and
+several deployments share one server."""
+from __future__ import annotations
+
+import os
+
+PREFIX = os.environ.get("REDIS_PREFIX", "")
+
+
+def strategy(strategy_id: int) -> str:
+    return f"{PREFIX}strategy:{strategy_id}"
+
+
+def runtime(strategy_id: int) -> str:
+    return f"{PREFIX}runtime:{strategy_id}"
+
+
+def runtime_lock(strategy_id: int) -> str:
+    return f"{PREFIX}runtime:{strategy_id}:lock"
+
+
+def symbol_strategies(symbol: str) -> str:
+    return f"{PREFIX}symbol:{symbol}:strategies"
+
+
+def last_price(exchange: str, symbol: str) -> str:
+    return f"{PREFIX}price:{exchange}:{symbol}"
+
+
+def schedule_job_id(strategy_id: int, event: str) -> str:
+    return f"strategy-{strategy_id}-{event}"  # RQ job ids allow letters, digits, _ and - only
+
+
+def paper_order(order_id: str) -> str:
+    return f"{PREFIX}paper:order:{order_id}"
+
+
+def paper_tag(account_id: int, tag: str) -> str:
+    return f"{PREFIX}paper:tag:{account_id}:{tag}"
+
+
+def paper_faults() -> str:
+    """A list of faults the paper exchange plays back, one per order placement (chaos and tests)."""
+    return f"{PREFIX}paper:faults"
+
+
+def paper_sequence() -> str:
+    return f"{PREFIX}paper:seq"
+
+
+RUNTIME_CHANNEL = f"{PREFIX}runtime-changed"
+SCHEDULER_WAKEUP = f"{PREFIX}scheduler:wakeup"
+SCHEDULER_HEARTBEAT = f"{PREFIX}heartbeat:scheduler"

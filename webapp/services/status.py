@@ -1,0 +1,74 @@
+"""What a strategy looks like right now: from Redis while it runs (the engine and listener keep it
+fresh), from the database otherwise. P&L is computed from the run's filled orders, the truth."""
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import select
+
+from webapp import redis_client
+from webapp.engine import runtime
+from webapp.extensions import db
+from webapp.models import OrderLog, Strategy
+from webapp.state_machine import is_running
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value.quantize(Decimal("0.01")))
+
+
+def _run_rows(strategy: Strategy) -> list[OrderLog]:
+    if not strategy.run_date:
+        return []
+    day = strategy.run_date.replace("-", "")
+    return [row for row in orders(strategy) if row.event_id.endswith(f":{day}")]
+
+
+def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
+    """(rupees, percent of the entry value), marking any open position at last_price."""
+    filled = [row for row in _run_rows(strategy) if row.status == "COMPLETE" and row.price is not None]
+    bought = [row for row in filled if row.side == "BUY"]
+    if not bought:
+        return None, None
+    cost = sum((row.price * row.quantity for row in bought), Decimal(0))
+    proceeds = sum((row.price * row.quantity for row in filled if row.side == "SELL"), Decimal(0))
+    if strategy.position and last_price is not None:
+        proceeds += last_price * strategy.position
+    elif strategy.position:
+        return None, None
+    rupees = proceeds - cost
+    return rupees, (rupees / cost * 100) if cost else None
+
+
+def status_for(strategy: Strategy) -> dict:
+    live = runtime.read(redis_client.current(), strategy.id) if is_running(strategy.status) else {}
+    last_price = Decimal(live["last_price"]) if live.get("last_price") else None
+    rupees, percent = pnl(strategy, last_price if strategy.position else None)
+    return {
+        "strategy_id": strategy.id,
+        "status": live.get("status") or strategy.status,
+        "source": "runtime" if live else "database",
+        "position": int(live["position"]) if live.get("position") else strategy.position,
+        "last_action": live.get("last_action") or strategy.last_action,
+        "last_price": _money(last_price),
+        "entry_price": _money(strategy.entry_price),
+        "exit_price": _money(strategy.exit_price),
+        "pnl": _money(rupees),
+        "pnl_percent": _money(percent),
+        "status_reason": strategy.status_reason,
+        "needs_attention": strategy.needs_attention,
+        "updated_at": live.get("updated_at") or strategy.updated_at.isoformat(),
+    }
+
+
+def orders(strategy: Strategy) -> list[OrderLog]:
+    return list(db.session.scalars(select(OrderLog).where(OrderLog.strategy_id == strategy.id).order_by(OrderLog.id)))
+
+
+def order_to_dict(row: OrderLog) -> dict:
+    return {
+        "id": row.id, "event": row.event, "event_id": row.event_id, "side": row.side, "quantity": row.quantity,
+        "price": _money(row.price), "broker_order_id": row.broker_order_id, "tag": row.tag, "status": row.status,
+        "attempt": row.attempt, "error": row.error, "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
