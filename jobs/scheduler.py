@@ -2,7 +2,8 @@
 sorted set, score = the trigger's epoch second). Polling that set, as rq-scheduler's own loop does,
 runs jobs up to one poll interval late; this loop instead sleeps until the earliest trigger's instant
 (waking early when a new one is registered) and then moves every due job to its queue in one
-pipeline, so a 09:15:00 herd of a thousand leaves together, never before its second."""
+pipeline, batched (webapp/engine/dispatch.py), so a 09:15:00 herd of a thousand leaves together,
+never before its second."""
 from __future__ import annotations
 
 import logging
@@ -10,10 +11,12 @@ import signal
 import time
 
 import redis
-from rq import Queue
 from rq.job import Job
+from rq.worker import Worker
 
 from webapp import clock, create_app, keys, redis_client
+from webapp.engine import dispatch
+from webapp.engine.events import Event
 from webapp.engine.schedule import scheduler
 
 log = logging.getLogger("scheduler")
@@ -21,31 +24,61 @@ IDLE_WAIT_SECONDS = 1.0
 HEARTBEAT_TTL_SECONDS = 10
 
 
-def move_due(conn: redis.Redis, scheduled_key: str, queues: dict[str, Queue]) -> int:
-    """Claim each due job with ZREM (only the process whose ZREM removes it enqueues it, so two
-    schedulers never double a trigger), then enqueue all claimed jobs in one round trip."""
-    due = conn.zrangebyscore(scheduled_key, "-inf", clock.epoch())
-    if not due:
-        return 0
-    claim = conn.pipeline(transaction=False)
-    for job_id in due:
-        claim.zrem(scheduled_key, job_id)
-    claimed = [job_id.decode() for job_id, won in zip(due, claim.execute()) if won]
-    pipe = conn.pipeline()
-    moved = 0
-    for job in Job.fetch_many(claimed, connection=conn):
-        if job is None:
-            continue
-        queue = queues.get(job.origin) or queues.setdefault(job.origin, Queue(job.origin, connection=conn))
-        queue.enqueue_job(job, pipeline=pipe)
-        moved += 1
-    pipe.execute()
-    return moved
+class Mover:
+    """Moves due triggers to their queues. Just before an instant it fetches the payloads of the jobs
+    due then, so at the instant only the claim and one pipelined enqueue remain."""
+
+    PREFETCH_SECONDS = 0.25
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self.key = scheduler(conn).scheduled_jobs_key
+        self.prefetched: dict[str, Job] = {}
+        self.prefetched_until = float("-inf")
+        self._workers = (0.0, 1)
+
+    def prefetch(self, until: float) -> None:
+        if until <= self.prefetched_until:
+            return
+        ids = [i.decode() for i in self.conn.zrangebyscore(self.key, "-inf", until)]
+        wanted = [i for i in ids if i not in self.prefetched]
+        self.prefetched.update({job.id: job for job in Job.fetch_many(wanted, connection=self.conn) if job})
+        self.prefetched_until = until
+
+    def workers(self) -> int:
+        """Live workers, so a few simultaneous triggers are split across all of them (cached for 5 s)."""
+        checked, count = self._workers
+        if time.monotonic() - checked > 5:
+            count = max(1, Worker.count(connection=self.conn))
+            self._workers = (time.monotonic(), count)
+        return count
+
+    def move_due(self) -> int:
+        """Claim each due trigger with ZREM (only the process whose ZREM removes it enqueues it, so two
+        schedulers never double a trigger), then enqueue the claimed events as batches in one round trip."""
+        due = self.conn.zrangebyscore(self.key, "-inf", clock.epoch())
+        if not due:
+            return 0
+        claim = self.conn.pipeline(transaction=False)
+        for job_id in due:
+            claim.zrem(self.key, job_id)
+        claimed = [job_id.decode() for job_id, won in zip(due, claim.execute()) if won]
+        missing = [i for i in claimed if i not in self.prefetched]
+        jobs = [self.prefetched.pop(i) for i in claimed if i in self.prefetched]
+        jobs += [job for job in Job.fetch_many(missing, connection=self.conn) if job is not None]
+        events = [Event.from_dict(payload) for job in jobs for payload in job.args[0]]
+        pipe = self.conn.pipeline()
+        for batch in dispatch.batches(events, self.workers()):
+            dispatch.enqueue(self.conn, batch, pipeline=pipe)
+        for job in jobs:
+            pipe.delete(job.key)  # the registration has become a queued event
+        pipe.execute()
+        self.prefetched_until = float("-inf")
+        return len(events)
 
 
 def run(conn: redis.Redis, stop: list[bool]) -> None:
-    scheduled_key = scheduler(conn).scheduled_jobs_key
-    queues: dict[str, Queue] = {}
+    mover = Mover(conn)
     wakeups = conn.pubsub(ignore_subscribe_messages=True)
     wakeups.subscribe(keys.SCHEDULER_WAKEUP)
     next_beat = 0.0
@@ -53,18 +86,23 @@ def run(conn: redis.Redis, stop: list[bool]) -> None:
         now = time.monotonic()
         if now >= next_beat:
             conn.set(keys.SCHEDULER_HEARTBEAT, clock.now().isoformat(), ex=HEARTBEAT_TTL_SECONDS)
+            mover.workers()
             next_beat = now + 1.0
-        first = conn.zrange(scheduled_key, 0, 0, withscores=True)
+        first = conn.zrange(mover.key, 0, 0, withscores=True)
         delay = first[0][1] - clock.epoch() if first else IDLE_WAIT_SECONDS
         if delay > 0:
-            wait = min(delay, IDLE_WAIT_SECONDS)
+            if delay > Mover.PREFETCH_SECONDS:
+                wait = min(delay - Mover.PREFETCH_SECONDS, IDLE_WAIT_SECONDS)
+            else:
+                mover.prefetch(first[0][1])
+                wait = first[0][1] - clock.epoch()
             if wait > 0.002:
                 wakeups.get_message(timeout=wait - 0.001)  # a new registration may be due sooner
-            else:
+            elif wait > 0:
                 time.sleep(wait)
             continue
         started = clock.epoch()
-        moved = move_due(conn, scheduled_key, queues)
+        moved = mover.move_due()
         if moved:
             log.info("triggers enqueued", extra={"event": "triggers_enqueued", "count": moved,
                                                  "lateness_ms": round((started - first[0][1]) * 1000, 2)})

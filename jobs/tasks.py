@@ -19,9 +19,9 @@ def app() -> Flask:
     return _app
 
 
-def handle_event(payload: dict) -> str:
+def handle_events(payloads: list[dict]) -> list[str]:
     with app().app_context():
         try:
-            return executor.handle(Event.from_dict(payload))
+            return executor.handle_many([Event.from_dict(payload) for payload in payloads])
         finally:
             db.session.remove()  # a long-lived worker must not carry one job's session into the next

@@ -8,9 +8,9 @@ import redis
 
 from tests.conftest import wait_for
 from tests.helpers import PAPER_CREDENTIALS, api_register, api_strategy
-from webapp import clock, keys
+from webapp import clock, keys, redis_client
 from webapp.engine.events import Event, order_tag
-from webapp.engine.lifecycle import enqueue
+from webapp.engine import dispatch
 from webapp.market_calendar import IST, exchange_date
 
 
@@ -53,7 +53,7 @@ def today_event(kind: str, sid: int) -> Event:
 
 def send(app, event: Event) -> None:  # type: ignore[no-untyped-def]
     with app.app_context():
-        enqueue(event)
+        dispatch.enqueue(redis_client.current(), [event])
 
 
 def broker_orders(conn: redis.Redis, event_id: str) -> int:

@@ -15,7 +15,9 @@ naming = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-db = SQLAlchemy(metadata=MetaData(naming_convention=naming))
+# Objects stay readable after commit without a reload per attribute: the engine commits twice per batch
+# and re-reads its strategies under their locks (populate_existing) at the start of every batch.
+db = SQLAlchemy(metadata=MetaData(naming_convention=naming), session_options={"expire_on_commit": False})
 migrate = Migrate(render_as_batch=True)  # SQLite alters tables by copy
 login_manager = LoginManager()
 csrf = CSRFProtect()

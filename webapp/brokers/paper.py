@@ -52,7 +52,10 @@ class PaperBroker:
             raise BrokerAuthFailed("; ".join(bad))
 
     def last_price(self, exchange: str, symbol: str) -> Decimal:
-        tick = self.conn.get(keys.last_price(exchange, symbol))
+        return self._price(exchange, symbol, self.conn.get(keys.last_price(exchange, symbol)))
+
+    @staticmethod
+    def _price(exchange: str, symbol: str, tick: bytes | None) -> Decimal:
         if tick is not None:
             return Decimal(tick.decode())
         instrument = instruments.lookup(exchange, symbol)
@@ -61,19 +64,25 @@ class PaperBroker:
         return instrument.last_price
 
     def place_order(self, order: OrderRequest) -> str:
-        fault = (self.conn.lpop(keys.paper_faults()) or b"ok").decode()
+        # One round trip for the fault script, the last tick and a new order number.
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.lpop(keys.paper_faults())
+        pipe.get(keys.last_price(order.exchange, order.symbol))
+        pipe.incr(keys.paper_sequence())
+        raw_fault, tick, sequence = pipe.execute()
+        fault = (raw_fault or b"ok").decode()
         if fault == "unavailable":
             raise BrokerUnavailable("paper exchange: HTTP 503 (injected)")
         if fault == "timeout":
             raise BrokerTimeout("paper exchange: read timed out before the order was taken (injected)")
         if fault == "auth":
             raise BrokerAuthFailed("paper exchange: session expired (injected)")
-        order_id = f"{clock.now():%y%m%d}{self.conn.incr(keys.paper_sequence()):09d}"
+        order_id = f"{clock.now():%y%m%d}{sequence:09d}"
         if fault == "reject":
             state = OrderState(order_id, "REJECTED", order.tag, 0, None,
                                "RMS:Margin Exceeds, Required:0, Available:0 (injected)")
         else:
-            price = self.last_price(order.exchange, order.symbol)
+            price = self._price(order.exchange, order.symbol, tick)
             moved = price * (1 + self.slippage) if order.side == "BUY" else price * (1 - self.slippage)
             state = OrderState(order_id, "COMPLETE", order.tag, order.quantity, moved.quantize(PAISE))
         self._store(order, state)

@@ -13,7 +13,6 @@ EXITS = frozenset({SELL, STOPLOSS, STOP, KILL})
 QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss"}
 QUEUES = ("stoploss", "orders")
 _TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K"}
-JOB_FUNCTION = "jobs.tasks.handle_event"
 
 
 def event_id(kind: str, strategy_id: int, run_date: date) -> str:

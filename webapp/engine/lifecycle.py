@@ -6,12 +6,9 @@ import logging
 from datetime import date
 
 from flask import current_app
-from rq import Queue
-
 from webapp import clock, redis_client
-from webapp.engine import runtime, schedule
-from webapp.engine.events import BUY, JOB_FUNCTION, SELL, STOP, Event
-from webapp.engine.schedule import JOB_TIMEOUT_SECONDS, RESULT_TTL_SECONDS
+from webapp.engine import dispatch, runtime, schedule
+from webapp.engine.events import BUY, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
@@ -28,13 +25,6 @@ class StartRefused(Exception):
 
 class NotRunning(Exception):
     code = "NOT_RUNNING"
-
-
-def enqueue(event: Event) -> None:
-    Queue(event.queue, connection=redis_client.current()).enqueue(
-        JOB_FUNCTION, event.to_dict(), job_timeout=JOB_TIMEOUT_SECONDS, result_ttl=RESULT_TTL_SECONDS,
-        description=event.event_id,
-    )
 
 
 def start(strategy: Strategy) -> str:
@@ -89,7 +79,7 @@ def request_stop(strategy: Strategy) -> str:
     schedule.cancel(conn, strategy.id)
     run_date = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
     event = Event.for_run(STOP, strategy.id, run_date)
-    enqueue(event)
+    dispatch.enqueue(conn, [event])
     log.info("stop requested", extra={"event": "STOP", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                       "event_id": event.event_id})
     if strategy.status == Status.IN_POSITION:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from typing import Callable
 
 from flask import current_app
 from sqlalchemy import select
@@ -48,12 +48,6 @@ class DuplicateDelivery(Exception):
     """Another worker is placing (or placed) this event's order."""
 
 
-@dataclass
-class Placement:
-    state: OrderState
-    row: OrderLog
-
-
 def rows_for(event_id: str) -> list[OrderLog]:
     return list(db.session.scalars(select(OrderLog).where(OrderLog.event_id == event_id).order_by(OrderLog.attempt)))
 
@@ -68,12 +62,12 @@ def _ctx(event: Event, strategy: Strategy, **more: object) -> dict:
 
 
 def _record(row: OrderLog, state: OrderState, note: str | None = None) -> None:
-    row.broker_order_id = state.order_id
+    """Sets the row from the broker's answer; the caller commits it together with the strategy's new state."""
+    row.broker_order_id = state.order_id or row.broker_order_id
     row.status = state.status
     row.price = state.average_price
     row.error = "; ".join(x for x in (note, state.message) if x) or None
     row.updated_at = utcnow()
-    db.session.commit()
 
 
 def _confirm(broker: Broker, order_id: str, event: Event, strategy: Strategy) -> OrderState:
@@ -103,64 +97,86 @@ def _look_up(broker: Broker, event: Event, strategy: Strategy) -> OrderState | N
     return found[-1] if found else None
 
 
-def place(broker: Broker, strategy: Strategy, event: Event, side: str, quantity: int) -> Placement:
-    """At most one order reaches the broker for an event, whatever is retried or redelivered."""
-    request = OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag)
+def request_for(strategy: Strategy, event: Event, side: str, quantity: int) -> OrderRequest:
+    return OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag)
+
+
+def intent(strategy: Strategy, event: Event, request: OrderRequest, attempt: int) -> OrderLog:
+    """The row that must be durable (committed) before the broker hears of the order."""
+    row = OrderLog(strategy_id=strategy.id, user_id=strategy.user_id, event=event.event, event_id=event.event_id,
+                   side=request.side, quantity=request.quantity, tag=event.tag, status="PENDING", attempt=attempt)
+    db.session.add(row)
+    return row
+
+
+def attempt(broker: Broker, strategy: Strategy, event: Event, row: OrderLog, request: OrderRequest) -> OrderState | None:
+    """One placement against a committed intent row. Returns the order's final state (the row set but not
+    committed), or None when the broker did not take it: the row, committed, then says whether a retry is
+    safe (ERROR) or must look up the tag first (TIMEOUT). Raises LoginRequired and OrderUnknown."""
+    log.info("placing order", extra=_ctx(event, strategy, side=request.side, quantity=request.quantity,
+                                          attempt=row.attempt))
+    try:
+        order_id = broker.place_order(request)
+    except OrderRejected as exc:
+        state = OrderState("", "REJECTED", event.tag, message=str(exc))
+        _record(row, state)
+        return state
+    except BrokerAuthFailed as exc:
+        row.status, row.error = "ERROR", str(exc)
+        db.session.commit()
+        raise LoginRequired(f"broker login required: {exc}") from exc
+    except BrokerUnavailable as exc:
+        timed_out = isinstance(exc, BrokerTimeout)
+        row.status, row.error = ("TIMEOUT" if timed_out else "ERROR"), str(exc)
+        db.session.commit()
+        log.warning("order placement " + ("timed out" if timed_out else "failed"),
+                    extra=_ctx(event, strategy, attempt=row.attempt, error=str(exc)))
+        return None
+    row.broker_order_id = order_id
+    state = _confirm(broker, order_id, event, strategy)
+    _record(row, state)
+    log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
+                                       price=str(state.average_price), attempt=row.attempt))
+    return state
+
+
+def place(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest,
+          keep_alive: Callable[[], None] = lambda: None) -> OrderState:
+    """The careful path, after a first attempt failed or when earlier attempts exist (a redelivery, a
+    crash): looks up by tag whenever the broker may have the order, and places again only when it does
+    not, up to ORDER_ATTEMPTS in all. At most one order reaches the broker for an event."""
     prior = rows_for(event.event_id)
-    attempt = len(prior)
+    attempts = len(prior)
     ambiguous = next((row for row in reversed(prior) if row.status in AMBIGUOUS), None)
+    last_error = prior[-1].error if prior else "no attempt made"
     max_attempts = current_app.config["ORDER_ATTEMPTS"]
     backoff = current_app.config["ORDER_RETRY_BACKOFF"]
-    last_error = "no attempt made"
-
     while True:
+        keep_alive()
         if ambiguous is not None:
             found = _look_up(broker, event, strategy)
             if found is not None:
                 state = found if found.final else _confirm(broker, found.order_id, event, strategy)
                 _record(ambiguous, state, "found by tag after an unanswered attempt")
-                return Placement(state, ambiguous)
-            ambiguous.status, ambiguous.error = "NOT_PLACED", (ambiguous.error or "") + " (not found by tag)"
+                return state
+            ambiguous.status = "NOT_PLACED"
+            ambiguous.error = f"{ambiguous.error or 'no answer'} (not found by tag)"
             db.session.commit()
             ambiguous = None
-        if attempt >= max_attempts:
-            raise OrderFailed(f"{side} failed after {attempt} attempts: {last_error}")
-
-        attempt += 1
-        row = OrderLog(strategy_id=strategy.id, user_id=strategy.user_id, event=event.event, event_id=event.event_id,
-                       side=side, quantity=quantity, tag=event.tag, status="PENDING", attempt=attempt)
-        db.session.add(row)
+        if attempts >= max_attempts:
+            raise OrderFailed(f"{request.side} failed after {attempts} attempts: {last_error}")
+        if attempts:
+            time.sleep(backoff[min(attempts - 1, len(backoff) - 1)])
+        attempts += 1
+        row = intent(strategy, event, request, attempts)
         try:
-            db.session.commit()  # the intent is durable before the broker hears of it
+            db.session.commit()
         except IntegrityError as exc:
             db.session.rollback()
-            raise DuplicateDelivery(f"attempt {attempt} of {event.event_id} is already recorded") from exc
-        log.info("placing order", extra=_ctx(event, strategy, side=side, quantity=quantity, attempt=attempt))
-        try:
-            order_id = broker.place_order(request)
-        except OrderRejected as exc:
-            _record(row, OrderState("", "REJECTED", event.tag, message=str(exc)))
-            return Placement(OrderState("", "REJECTED", event.tag, message=str(exc)), row)
-        except BrokerAuthFailed as exc:
-            row.status, row.error = "ERROR", str(exc)
-            db.session.commit()
-            raise LoginRequired(f"broker login required: {exc}") from exc
-        except BrokerTimeout as exc:
-            row.status, row.error, last_error = "TIMEOUT", str(exc), str(exc)
-            db.session.commit()
-            log.warning("order placement timed out", extra=_ctx(event, strategy, attempt=attempt, error=str(exc)))
+            raise DuplicateDelivery(f"attempt {attempts} of {event.event_id} is already recorded") from exc
+        state = attempt(broker, strategy, event, row, request)
+        if state is not None:
+            return state
+        last_error = row.error or "no answer"
+        if row.status == "TIMEOUT":
             ambiguous = row
-        except BrokerUnavailable as exc:
-            row.status, row.error, last_error = "ERROR", str(exc), str(exc)
-            db.session.commit()
-            log.warning("order placement failed", extra=_ctx(event, strategy, attempt=attempt, error=str(exc)))
-        else:
-            row.broker_order_id, row.status = order_id, "PLACED"
-            db.session.commit()
-            state = _confirm(broker, order_id, event, strategy)
-            _record(row, state)
-            log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
-                                               price=str(state.average_price), attempt=attempt))
-            return Placement(state, row)
-        if attempt < max_attempts:
-            time.sleep(backoff[min(attempt - 1, len(backoff) - 1)])

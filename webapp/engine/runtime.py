@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import redis
+from redis.client import Pipeline
 
 from webapp import clock, keys
 from webapp.models import Strategy
@@ -37,17 +38,18 @@ def activate(conn: redis.Redis, strategy: Strategy) -> None:
     publish(conn, strategy)
 
 
-def update(conn: redis.Redis, strategy: Strategy, **extra: object) -> None:
+Client = redis.Redis | Pipeline  # a pipeline batches a whole engine batch's updates into one round trip
+
+
+def update(conn: Client, strategy: Strategy, **extra: object) -> None:
     conn.hset(keys.runtime(strategy.id), mapping={**_runtime_fields(strategy), **extra})
     publish(conn, strategy)
 
 
-def deactivate(conn: redis.Redis, strategy: Strategy) -> None:
+def deactivate(conn: Client, strategy: Strategy) -> None:
     """A terminal state: nothing about this strategy may remain for the listener to act on."""
-    pipe = conn.pipeline()
-    pipe.zrem(keys.symbol_strategies(strategy.symbol), str(strategy.id))
-    pipe.delete(keys.strategy(strategy.id), keys.runtime(strategy.id))
-    pipe.execute()
+    conn.zrem(keys.symbol_strategies(strategy.symbol), str(strategy.id))
+    conn.delete(keys.strategy(strategy.id), keys.runtime(strategy.id))
     publish(conn, strategy)
 
 
@@ -55,7 +57,7 @@ def read(conn: redis.Redis, strategy_id: int) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in conn.hgetall(keys.runtime(strategy_id)).items()}
 
 
-def publish(conn: redis.Redis, strategy: Strategy) -> None:
+def publish(conn: Client, strategy: Strategy) -> None:
     """"Runtime changed", for the live UI; best effort, the page also polls."""
     conn.publish(keys.RUNTIME_CHANNEL, json.dumps({
         "strategy_id": strategy.id, "user_id": strategy.user_id, "status": strategy.status,

@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import redis
+from redis.client import Pipeline
 from rq_scheduler import Scheduler
 
 from webapp import keys
-from webapp.engine.events import BUY, JOB_FUNCTION, SELL, Event
+from webapp.engine.dispatch import JOB_FUNCTION, RESULT_TTL_SECONDS, job_timeout
+from webapp.engine.events import BUY, SELL, Event
 
-JOB_TIMEOUT_SECONDS = 300
-RESULT_TTL_SECONDS = 24 * 3600
 
 
 def scheduler(conn: redis.Redis) -> Scheduler:
@@ -23,19 +23,17 @@ def register(conn: redis.Redis, event: Event, at: datetime) -> None:
     if at.microsecond:
         raise ValueError("trigger instants are whole seconds: the scheduler stores whole seconds")
     scheduler(conn).enqueue_at(
-        at, JOB_FUNCTION, event.to_dict(), job_id=keys.schedule_job_id(event.strategy_id, event.event),
-        queue_name=event.queue, timeout=JOB_TIMEOUT_SECONDS, job_result_ttl=RESULT_TTL_SECONDS,
+        at, JOB_FUNCTION, [event.to_dict()], job_id=keys.schedule_job_id(event.strategy_id, event.event),
+        queue_name=event.queue, timeout=job_timeout(1), job_result_ttl=RESULT_TTL_SECONDS,
         job_description=event.event_id,
     )
     conn.publish(keys.SCHEDULER_WAKEUP, at.timestamp())
 
 
-def cancel(conn: redis.Redis, strategy_id: int) -> None:
-    sched = scheduler(conn)
-    for kind in (BUY, SELL):
-        job_id = keys.schedule_job_id(strategy_id, kind)
-        sched.cancel(job_id)
+def cancel(conn: redis.Redis | Pipeline, strategy_id: int) -> None:
+    """As Scheduler.cancel, but on a pipeline too."""
+    conn.zrem(Scheduler.scheduled_jobs_key, *(keys.schedule_job_id(strategy_id, kind) for kind in (BUY, SELL)))
 
 
 def scheduled_at(conn: redis.Redis, strategy_id: int, kind: str) -> float | None:
-    return conn.zscore(scheduler(conn).scheduled_jobs_key, keys.schedule_job_id(strategy_id, kind))
+    return conn.zscore(Scheduler.scheduled_jobs_key, keys.schedule_job_id(strategy_id, kind))

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): real processes, figures printed, never asserted in tests."""
