@@ -7,6 +7,8 @@ from flask import Flask, Response, jsonify, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
+from webapp.services.errors import ValidationFailed
+
 log = logging.getLogger(__name__)
 
 ERROR_CODES = {
@@ -92,7 +94,15 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
+def _handle_validation(error: ValidationFailed):  # type: ignore[no-untyped-def]
+    """A ValidationFailed no view caught (a refused request body): 422 with the fields."""
+    if wants_json():
+        return json_error(422, "Some fields are not valid.", fields=error.fields)
+    return render_template("error.html", status=422, message=str(error)), 422
+
+
 def init_app(app: Flask) -> None:
+    app.register_error_handler(ValidationFailed, _handle_validation)
     app.register_error_handler(HTTPException, _handle_http_error)
     app.register_error_handler(Exception, _handle_unexpected)
     app.after_request(_security_headers)

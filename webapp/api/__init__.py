@@ -2,6 +2,7 @@
 browser session; session-authenticated writes must carry the CSRF token like any form."""
 from __future__ import annotations
 
+import json
 from functools import wraps
 from typing import Any, Callable
 
@@ -12,6 +13,7 @@ from webapp.api import tokens
 from webapp.extensions import csrf
 from webapp.http import json_error
 from webapp.models import User
+from webapp.services.errors import ValidationFailed
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -50,9 +52,16 @@ def auth_required(view: Callable[..., Any]) -> Callable[..., Any]:
 
 def json_body() -> dict:
     """The request's JSON object, or an empty dict when the body is not one (validation then says what
-    is missing, field by field)."""
+    is missing, field by field). JSON may spell lone UTF-16 surrogates ("\\ud800") that no database or
+    hash can store: such a body is refused as a whole."""
     body = request.get_json(silent=True)
-    return body if isinstance(body, dict) else {}
+    if not isinstance(body, dict):
+        return {}
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed({"body": "The request contains text that is not valid Unicode."}) from None
+    return body
 
 
 from webapp.api import routes  # noqa: E402,F401  (registers the routes on bp)

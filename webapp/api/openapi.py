@@ -18,47 +18,93 @@ TOKEN = {
     "required": ["token", "token_type", "expires_at", "user_id"],
     "properties": {
         "token": {"type": "string"},
-        "token_type": {"const": "Bearer"},
+        "token_type": {"type": "string", "enum": ["Bearer"]},
         "expires_at": {"type": "string", "format": "date-time"},
         "user_id": {"type": "integer"},
     },
 }
 ACCOUNT = {
-    "type": ["object", "null"],
+    "type": "object",
+    "nullable": True,
     "required": ["broker", "api_key_last4", "status", "validated_at"],
     "properties": {
         "broker": {"type": "string"},
         "api_key_last4": {"type": "string", "maxLength": 4},
-        "status": {"enum": ["connected", "login_required"]},
-        "validated_at": {"type": ["string", "null"], "format": "date-time"},
+        "status": {"type": "string", "enum": ["connected", "login_required"]},
+        "validated_at": {"type": "string", "format": "date-time", "nullable": True},
     },
     "additionalProperties": False,
 }
 STATUS = {
+    "type": "string",
     "enum": ["created", "waiting_entry", "in_position", "completed", "stopped_loss", "stopped", "failed", "killed"]
 }
 STRATEGY = {
     "type": "object",
     "required": ["id", "name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time",
-                 "stop_loss", "status", "position"],
+                 "stop_loss", "status", "status_reason", "position", "entry_price", "needs_attention", "created_at"],
     "properties": {
         "id": {"type": "integer"},
         "name": {"type": "string"},
         "symbol": {"type": "string"},
         "exchange": {"type": "string"},
-        "product": {"enum": ["MIS", "CNC"]},
+        "product": {"type": "string", "enum": ["MIS", "CNC"]},
         "quantity": {"type": "integer", "minimum": 1},
         "buy_time": TIME,
         "sell_time": TIME,
         "stop_loss": {"type": "string", "description": "rupees, as a decimal string"},
         "status": STATUS,
-        "status_reason": {"type": ["string", "null"]},
+        "status_reason": {"type": "string", "nullable": True},
         "position": {"type": "integer"},
-        "entry_price": {"type": ["string", "null"]},
+        "entry_price": {"type": "string", "nullable": True},
         "needs_attention": {"type": "boolean"},
         "created_at": {"type": "string", "format": "date-time"},
     },
 }
+NULLABLE_MONEY = {"type": "string", "nullable": True, "description": "rupees, as a decimal string"}
+STRATEGY_STATUS = {
+    "type": "object",
+    "description": "What the strategy looks like now: from the engine's runtime state while it runs, else the database",
+    "required": ["strategy_id", "status", "source", "position", "last_action", "last_price", "entry_price",
+                 "exit_price", "pnl", "pnl_percent", "status_reason", "needs_attention", "updated_at"],
+    "properties": {
+        "strategy_id": {"type": "integer"},
+        "status": STATUS,
+        "source": {"type": "string", "enum": ["runtime", "database"]},
+        "position": {"type": "integer"},
+        "last_action": {"type": "string", "nullable": True},
+        "last_price": NULLABLE_MONEY,
+        "entry_price": NULLABLE_MONEY,
+        "exit_price": NULLABLE_MONEY,
+        "pnl": NULLABLE_MONEY,
+        "pnl_percent": {"type": "string", "nullable": True, "description": "percent of the entry value"},
+        "status_reason": {"type": "string", "nullable": True},
+        "needs_attention": {"type": "boolean"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
+}
+ORDER = {
+    "type": "object",
+    "required": ["id", "event", "event_id", "side", "quantity", "price", "broker_order_id", "tag", "status",
+                 "attempt", "error", "created_at", "updated_at"],
+    "properties": {
+        "id": {"type": "integer"},
+        "event": {"type": "string", "enum": ["BUY", "SELL", "STOPLOSS", "STOP", "KILL"]},
+        "event_id": {"type": "string"},
+        "side": {"type": "string", "enum": ["BUY", "SELL"]},
+        "quantity": {"type": "integer"},
+        "price": NULLABLE_MONEY,
+        "broker_order_id": {"type": "string", "nullable": True},
+        "tag": {"type": "string"},
+        "status": {"type": "string", "description": "PENDING, PLACED, then the broker's: COMPLETE, REJECTED, ..."},
+        "attempt": {"type": "integer"},
+        "error": {"type": "string", "nullable": True},
+        "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"},
+    },
+}
+LIFECYCLE = {"type": "object", "required": ["message", "status"],
+             "properties": {"message": {"type": "string"}, "status": STRATEGY_STATUS}}
 STRATEGY_INPUT = {
     "type": "object",
     "required": ["name", "symbol", "quantity", "buy_time", "sell_time", "stop_loss"],
@@ -66,17 +112,23 @@ STRATEGY_INPUT = {
         "name": {"type": "string", "minLength": 1, "maxLength": 80},
         "symbol": {"type": "string", "description": "an instrument of the exchange, e.g. INFY"},
         "exchange": {"type": "string", "default": "NSE"},
-        "product": {"enum": ["MIS", "CNC"], "default": "MIS"},
+        "product": {"type": "string", "enum": ["MIS", "CNC"], "default": "MIS"},
         "quantity": {"type": "integer", "minimum": 1},
         "buy_time": TIME,
         "sell_time": TIME,
-        "stop_loss": {"type": ["number", "string"], "description": "rupees, > 0, at most 2 decimals"},
+        "stop_loss": {"anyOf": [{"type": "number"}, {"type": "string"}],
+                      "description": "rupees, > 0, at most 2 decimals"},
     },
+    "example": {"name": "Morning INFY", "symbol": "INFY", "exchange": "NSE", "product": "MIS", "quantity": 10,
+                "buy_time": "09:20", "sell_time": "15:00", "stop_loss": "1400.50"},
 }
+# PUT: the same fields, all optional. (OpenAPI 3.0 forbids an empty "required" list: leave it out.)
+STRATEGY_CHANGES = {k: v for k, v in STRATEGY_INPUT.items() if k not in ("required", "example")}
 CREDENTIALS = {
     "type": "object",
     "required": ["email", "password"],
     "properties": {"email": {"type": "string", "format": "email"}, "password": {"type": "string"}},
+    "example": {"email": "trader@example.com", "password": "correct horse 42"},
 }
 
 
@@ -85,7 +137,8 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    words = {400: "bad request", 401: "not logged in", 404: "not found (or not yours)", 409: "strategy is running",
+    words = {400: "bad request", 401: "not logged in", 404: "not found (or not yours)",
+             409: "not allowed in the strategy's current state",
              415: "unsupported media type", 422: "invalid fields", 429: "rate limited"}
     return {str(c): _json(ERROR, words[c]) for c in codes}
 
@@ -111,7 +164,7 @@ SPEC = {
         "/api/v1/auth/login": {"post": {
             "summary": "Exchange email and password for a bearer token (rate-limited per IP and per account)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": CREDENTIALS}}},
-            "responses": {"200": _json(TOKEN, "logged in"), **_errors(401, 429)},
+            "responses": {"200": _json(TOKEN, "logged in"), **_errors(401, 422, 429)},
         }},
         "/api/v1/broker": {"get": {
             "summary": "The connected broker account (secrets are never returned)", "security": SECURED,
@@ -123,7 +176,9 @@ SPEC = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["api_key", "api_secret", "access_token"],
                 "properties": {"api_key": {"type": "string"}, "api_secret": {"type": "string"},
-                               "access_token": {"type": "string"}}}}}},
+                               "access_token": {"type": "string"}},
+                "example": {"api_key": "kitekey1234", "api_secret": "kitesecret99", "access_token": "kitetoken77"},
+            }}}},
             "responses": {"200": _json({"type": "object", "required": ["account"],
                                         "properties": {"account": ACCOUNT}}, "connected"),
                           **_errors(400, 401, 422)},
@@ -148,13 +203,37 @@ SPEC = {
                                   **_errors(401, 404)}},
             "put": {"summary": "Change a strategy that is not running (fields not sent are kept)",
                     "security": SECURED,
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                        **STRATEGY_INPUT, "required": []}}}},
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": STRATEGY_CHANGES}}},
                     "responses": {"200": _json({"type": "object", "required": ["strategy"],
                                                 "properties": {"strategy": STRATEGY}}, "saved"),
                                   **_errors(401, 404, 409, 422)}},
             "delete": {"summary": "Delete a strategy that is not running", "security": SECURED,
                        "responses": {"204": {"description": "deleted"}, **_errors(401, 404, 409)}},
+        },
+        "/api/v1/strategy/{strategy_id}/start": {
+            "parameters": ID_PARAM,
+            "post": {"summary": "START: BUY at buy_time and SELL at sell_time today (idempotent while running)",
+                     "security": SECURED,
+                     "responses": {"200": _json(LIFECYCLE, "running (or already running)"),
+                                   **_errors(401, 404, 409)}},
+        },
+        "/api/v1/strategy/{strategy_id}/stop": {
+            "parameters": ID_PARAM,
+            "post": {"summary": "STOP: square off any position, then halt (done by the engine, asynchronously)",
+                     "security": SECURED,
+                     "responses": {"202": _json(LIFECYCLE, "stop queued"), **_errors(401, 404, 409)}},
+        },
+        "/api/v1/strategy/status/{strategy_id}": {
+            "parameters": ID_PARAM,
+            "get": {"summary": "Live status, position and P&L", "security": SECURED,
+                    "responses": {"200": _json(STRATEGY_STATUS, "status"), **_errors(401, 404)}},
+        },
+        "/api/v1/strategy/{strategy_id}/orders": {
+            "parameters": ID_PARAM,
+            "get": {"summary": "Every order placed for the strategy, oldest first", "security": SECURED,
+                    "responses": {"200": _json({"type": "object", "required": ["orders"],
+                                                "properties": {"orders": {"type": "array", "items": ORDER}}},
+                                               "orders"), **_errors(401, 404)}},
         },
     },
 }

@@ -3,6 +3,7 @@ the owner, so another user's id is indistinguishable from one that does not exis
 from __future__ import annotations
 
 import logging
+import re
 from decimal import Decimal, InvalidOperation
 
 from flask import abort, current_app
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 FIELDS = ("name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time", "stop_loss")
 PRODUCTS = ("MIS", "CNC")
 MAX_STOP_LOSS = Decimal("10000000")
+MAX_ID = 2**63 - 1  # beyond a BIGINT: cannot exist, and must not reach the database driver
+_DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also accepts "²" and "١٢"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _text(data: dict, field: str) -> str:
@@ -33,7 +37,7 @@ def _quantity(raw: object, limit: int) -> tuple[int | None, str | None]:
         return None, "Enter a whole number of shares."
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and raw.strip().isdigit() and len(raw.strip()) <= 9:
+    elif isinstance(raw, str) and _DIGITS.fullmatch(raw.strip()):
         value = int(raw.strip())
     else:
         return None, "Enter a whole number of shares."
@@ -70,6 +74,8 @@ def validate(data: dict) -> dict:
         errors["name"] = "Required."
     elif len(clean["name"]) > 80:
         errors["name"] = "At most 80 characters."
+    elif _CONTROL.search(clean["name"]):
+        errors["name"] = "Use letters, digits, spaces and punctuation only."
 
     clean["exchange"] = (_text(data, "exchange") or "NSE").upper()
     if clean["exchange"] not in instruments.exchanges():
@@ -121,6 +127,8 @@ def list_for(user: User) -> list[Strategy]:
 
 
 def get_owned(user: User, strategy_id: int) -> Strategy:
+    if not 0 < strategy_id <= MAX_ID:
+        abort(404)
     strategy = db.session.scalar(select(Strategy).where(Strategy.id == strategy_id, Strategy.user_id == user.id))
     if strategy is None:
         abort(404)
