@@ -53,12 +53,12 @@ class Mover:
             self._workers = (time.monotonic(), count)
         return count
 
-    def move_due(self) -> int:
+    def move_due(self) -> list[str]:
         """Claim each due trigger with ZREM (only the process whose ZREM removes it enqueues it, so two
         schedulers never double a trigger), then enqueue the claimed events as batches in one round trip."""
         due = self.conn.zrangebyscore(self.key, "-inf", clock.epoch())
         if not due:
-            return 0
+            return []
         claim = self.conn.pipeline(transaction=False)
         for job_id in due:
             claim.zrem(self.key, job_id)
@@ -74,7 +74,7 @@ class Mover:
             pipe.delete(job.key)  # the registration has become a queued event
         pipe.execute()
         self.prefetched_until = float("-inf")
-        return len(events)
+        return [event.event_id for event in events]
 
 
 def run(conn: redis.Redis, stop: list[bool]) -> None:
@@ -104,7 +104,7 @@ def run(conn: redis.Redis, stop: list[bool]) -> None:
         started = clock.epoch()
         moved = mover.move_due()
         if moved:
-            log.info("triggers enqueued", extra={"event": "triggers_enqueued", "count": moved,
+            log.info("triggers enqueued", extra={"event": "triggers_enqueued", "count": len(moved), "event_ids": moved,
                                                  "lateness_ms": round((started - first[0][1]) * 1000, 2)})
 
 

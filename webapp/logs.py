@@ -40,3 +40,28 @@ def configure(process_name: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+try:
+    from gunicorn.glogging import Logger as _GunicornLogger
+except ImportError:  # gunicorn is only needed by the web process
+    _GunicornLogger = object  # type: ignore[assignment,misc]
+
+
+class GunicornLogger(_GunicornLogger):  # type: ignore[misc,valid-type]
+    """`gunicorn --logger-class webapp.logs.GunicornLogger`: gunicorn's own and access logs as JSON too."""
+
+    def setup(self, cfg) -> None:  # type: ignore[no-untyped-def]
+        super().setup(cfg)
+        for logger in (self.error_log, self.access_log):
+            for handler in logger.handlers:
+                handler.setFormatter(JsonFormatter("web"))
+
+    def access(self, resp, req, environ, request_time) -> None:  # type: ignore[no-untyped-def]
+        if not self.cfg.accesslog:
+            return
+        self.access_log.info("request", extra={
+            "event": "http_request", "method": environ.get("REQUEST_METHOD"), "path": environ.get("PATH_INFO"),
+            "status": resp.status_code if hasattr(resp, "status_code") else str(resp.status).split()[0],
+            "duration_ms": round(request_time.total_seconds() * 1000, 2), "remote": environ.get("REMOTE_ADDR"),
+        })

@@ -63,9 +63,12 @@ def start(strategy: Strategy) -> str:
         strategy.last_action = "START"
         db.session.commit()
         runtime.activate(conn, strategy)
-        schedule.register(conn, Event.for_run(BUY, strategy.id, today, buy_at), buy_at)
-        schedule.register(conn, Event.for_run(SELL, strategy.id, today, sell_at), sell_at)
+        triggers = [(Event.for_run(BUY, strategy.id, today, buy_at), buy_at),
+                    (Event.for_run(SELL, strategy.id, today, sell_at), sell_at)]
+        for event, at in triggers:
+            schedule.register(conn, event, at)
     log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
+                                        "event_ids": [event.event_id for event, _ in triggers],
                                         "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat()})
     return f"Running: BUY at {strategy.buy_time} IST, SELL at {strategy.sell_time} IST."
 
