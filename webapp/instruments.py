@@ -3,12 +3,14 @@ instruments CSV layout), so a strategy can be validated with no broker account."
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 
-PAPER_INSTRUMENTS = Path(__file__).parent / "data" / "nse_instruments.csv"
+# Kite's CSV layout; its last_price column is the paper exchange's price before the first tick arrives.
+PAPER_INSTRUMENTS = Path(os.environ.get("PAPER_INSTRUMENTS_FILE", Path(__file__).parent / "data" / "nse_instruments.csv"))
 
 
 @dataclass(frozen=True)
