@@ -12,7 +12,6 @@ import time
 
 import redis
 from rq.job import Job
-from rq.worker import Worker
 
 from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
@@ -35,7 +34,6 @@ class Mover:
         self.key = scheduler(conn).scheduled_jobs_key
         self.prefetched: dict[str, Job] = {}
         self.prefetched_until = float("-inf")
-        self._workers = (0.0, 1)
 
     def prefetch(self, until: float) -> None:
         if until <= self.prefetched_until:
@@ -44,14 +42,6 @@ class Mover:
         wanted = [i for i in ids if i not in self.prefetched]
         self.prefetched.update({job.id: job for job in Job.fetch_many(wanted, connection=self.conn) if job})
         self.prefetched_until = until
-
-    def workers(self) -> int:
-        """Live workers, so a few simultaneous triggers are split across all of them (cached for 5 s)."""
-        checked, count = self._workers
-        if time.monotonic() - checked > 5:
-            count = max(1, Worker.count(connection=self.conn))
-            self._workers = (time.monotonic(), count)
-        return count
 
     def move_due(self) -> list[str]:
         """Claim each due trigger with ZREM (only the process whose ZREM removes it enqueues it, so two
@@ -68,7 +58,7 @@ class Mover:
         jobs += [job for job in Job.fetch_many(missing, connection=self.conn) if job is not None]
         events = [Event.from_dict(payload) for job in jobs for payload in job.args[0]]
         pipe = self.conn.pipeline()
-        for batch in dispatch.batches(events, self.workers()):
+        for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
             dispatch.enqueue(self.conn, batch, pipeline=pipe)
         for job in jobs:
             pipe.delete(job.key)  # the registration has become a queued event
@@ -86,7 +76,7 @@ def run(conn: redis.Redis, stop: list[bool]) -> None:
         now = time.monotonic()
         if now >= next_beat:
             conn.set(keys.SCHEDULER_HEARTBEAT, clock.now().isoformat(), ex=HEARTBEAT_TTL_SECONDS)
-            mover.workers()
+            dispatch.live_workers(conn)  # refreshed off the critical path
             next_beat = now + 1.0
         first = conn.zrange(mover.key, 0, 0, withscores=True)
         delay = first[0][1] - clock.epoch() if first else IDLE_WAIT_SECONDS

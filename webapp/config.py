@@ -62,6 +62,13 @@ class Config:
         self.ORDER_RETRY_BACKOFF = [float(x) for x in os.environ.get("ORDER_RETRY_BACKOFF", "0.2,0.5").split(",")]
         self.ORDER_CONFIRM_TIMEOUT = float(os.environ.get("ORDER_CONFIRM_TIMEOUT", "10"))
         self.LOCK_TIMEOUT_SECONDS = int(os.environ.get("LOCK_TIMEOUT_SECONDS", "120"))
+        # Market data: FEED=simulated (random walk) or csv:PATH (scripted replay).
+        self.FEED = os.environ.get("FEED", "simulated")
+        self.FEED_RATE = float(os.environ.get("FEED_RATE", "1"))  # ticks a second per symbol
+        self.FEED_VOLATILITY = float(os.environ.get("FEED_VOLATILITY", "0.0005"))  # per tick, fraction of price
+        self.FEED_SEED = int(os.environ.get("FEED_SEED", "42"))
+        self.FEED_STALE_SECONDS = float(os.environ.get("FEED_STALE_SECONDS", "10"))
+        self.LISTENER_RESYNC_SECONDS = float(os.environ.get("LISTENER_RESYNC_SECONDS", "5"))
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
     def as_dict(self) -> dict:

@@ -51,3 +51,10 @@ def paper_sequence() -> str:
 RUNTIME_CHANNEL = f"{PREFIX}runtime-changed"
 SCHEDULER_WAKEUP = f"{PREFIX}scheduler:wakeup"
 SCHEDULER_HEARTBEAT = f"{PREFIX}heartbeat:scheduler"
+LISTENER_HEARTBEAT = f"{PREFIX}heartbeat:listener"
+LISTENER_SUBSCRIBED = f"{PREFIX}listener:subscribed"  # EXCHANGE:SYMBOL the feed is subscribed to
+FEED_STALE = f"{PREFIX}feed:stale"  # hash EXCHANGE:SYMBOL → ISO time since when no tick has come
+
+
+def symbol_index_pattern() -> str:
+    return f"{PREFIX}symbol:*:strategies"

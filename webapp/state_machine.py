@@ -36,6 +36,7 @@ EVENT_ACTS_IN: dict[str, frozenset[Status]] = {
     "STOPLOSS": frozenset({Status.IN_POSITION}),
     "STOP": RUNNING,
     "KILL": RUNNING,
+    "FAIL": RUNNING,  # e.g. the feed cannot subscribe the symbol: no order, the run ends as failed
 }
 
 

@@ -2,9 +2,11 @@
 one is the ordinary case). Everything that enqueues work for the engine goes through here."""
 from __future__ import annotations
 
+import time
+
 import redis
 from redis.client import Pipeline
-from rq import Queue
+from rq import Queue, Worker
 
 from webapp.engine.events import Event
 
@@ -39,3 +41,16 @@ def batches(events: list[Event], workers: int) -> list[list[Event]]:
         size = max(1, min(BATCH_MAX, -(-len(same) // workers)))
         result.extend(same[i:i + size] for i in range(0, len(same), size))
     return result
+
+
+_workers_seen = (0.0, 1)
+
+
+def live_workers(conn: redis.Redis) -> int:
+    """How many RQ workers are registered (cached for 5 s): the share to split simultaneous events into."""
+    global _workers_seen
+    checked, count = _workers_seen
+    if time.monotonic() - checked > 5:
+        count = max(1, Worker.count(connection=conn))
+        _workers_seen = (time.monotonic(), count)
+    return count

@@ -7,12 +7,13 @@ from datetime import date, datetime
 
 from webapp import clock
 
-BUY, SELL, STOPLOSS, STOP, KILL = "BUY", "SELL", "STOPLOSS", "STOP", "KILL"
+BUY, SELL, STOPLOSS, STOP, KILL, FAIL = "BUY", "SELL", "STOPLOSS", "STOP", "KILL", "FAIL"
 EXITS = frozenset({SELL, STOPLOSS, STOP, KILL})
 # Exits outrank entries: every worker drains `stoploss` before `orders`.
-QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss"}
+QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss",
+             FAIL: "stoploss"}
 QUEUES = ("stoploss", "orders")
-_TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K"}
+_TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K", FAIL: "F"}
 
 
 def event_id(kind: str, strategy_id: int, run_date: date) -> str:
@@ -35,16 +36,19 @@ class Event:
     strategy_id: int
     event_id: str
     timestamp: str  # ISO UTC: the instant the trigger is for (never acted on before it)
-    price: str | None = None
+    price: str | None = None  # STOPLOSS: the breaching tick
+    reason: str | None = None  # FAIL: why the strategy cannot go on (e.g. "symbol unavailable")
 
     @classmethod
     def for_run(cls, kind: str, strategy_id: int, run_date: date, at: datetime | None = None,
-                price: str | None = None) -> Event:
-        return cls(kind, strategy_id, event_id(kind, strategy_id, run_date), (at or clock.now()).isoformat(), price)
+                price: str | None = None, reason: str | None = None) -> Event:
+        return cls(kind, strategy_id, event_id(kind, strategy_id, run_date), (at or clock.now()).isoformat(),
+                   price, reason)
 
     @classmethod
     def from_dict(cls, data: dict) -> Event:
-        return cls(data["event"], int(data["strategy_id"]), data["event_id"], data["timestamp"], data.get("price"))
+        return cls(data["event"], int(data["strategy_id"]), data["event_id"], data["timestamp"], data.get("price"),
+                   data.get("reason"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from webapp import clock, redis_client
 from webapp.brokers import Broker, OrderRequest, OrderState, get_broker
 from webapp.engine import runtime, schedule
-from webapp.engine.events import BUY, KILL, SELL, STOP, STOPLOSS, Event
+from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
 from webapp.engine.orders import (
     RESOLVED,
     DuplicateDelivery,
@@ -127,7 +127,10 @@ def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
             continue
         log.info("event accepted", extra=_ids(event, strategy, status=strategy.status, lateness_ms=round(
             (clock.now() - event.instant).total_seconds() * 1000, 2)))
-        if event.event != BUY and strategy.status != Status.IN_POSITION:
+        if event.event == FAIL:
+            outcomes[event.event_id] = _fail(strategy, event, event.reason or "failed")
+            changed.append(strategy)
+        elif event.event != BUY and strategy.status != Status.IN_POSITION:
             strategy.last_action = event.event  # STOP or KILL before entry: nothing to square off
             outcomes[event.event_id] = _finish(strategy, EXIT_STATUS[event.event], _reason(event))
             changed.append(strategy)

@@ -53,13 +53,19 @@ def deactivate(conn: Client, strategy: Strategy) -> None:
     publish(conn, strategy)
 
 
-def read(conn: redis.Redis, strategy_id: int) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in conn.hgetall(keys.runtime(strategy_id)).items()}
+def read_with_price(conn: redis.Redis, strategy: Strategy) -> tuple[dict[str, str], str | None]:
+    """The runtime hash and the symbol's last tick (kept per symbol by the listener, not per strategy,
+    so a tick costs one write however many strategies hold that symbol), in one round trip."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hgetall(keys.runtime(strategy.id))
+    pipe.get(keys.last_price(strategy.exchange, strategy.symbol))
+    raw, tick = pipe.execute()
+    return {k.decode(): v.decode() for k, v in raw.items()}, tick.decode() if tick else None
 
 
 def publish(conn: Client, strategy: Strategy) -> None:
     """"Runtime changed", for the live UI; best effort, the page also polls."""
     conn.publish(keys.RUNTIME_CHANNEL, json.dumps({
-        "strategy_id": strategy.id, "user_id": strategy.user_id, "status": strategy.status,
+        "strategy_id": strategy.id, "user_id": strategy.user_id, "symbol": strategy.symbol, "status": strategy.status,
         "position": strategy.position, "last_action": strategy.last_action,
     }))

@@ -41,8 +41,10 @@ def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None,
 
 
 def status_for(strategy: Strategy) -> dict:
-    live = runtime.read(redis_client.current(), strategy.id) if is_running(strategy.status) else {}
-    last_price = Decimal(live["last_price"]) if live.get("last_price") else None
+    live, tick = {}, None
+    if is_running(strategy.status):
+        live, tick = runtime.read_with_price(redis_client.current(), strategy)
+    last_price = Decimal(tick) if tick else (Decimal(live["last_price"]) if live.get("last_price") else None)
     rupees, percent = pnl(strategy, last_price if strategy.position else None)
     return {
         "strategy_id": strategy.id,

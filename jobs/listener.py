@@ -1,0 +1,280 @@
+"""The market listener: `python -m jobs.listener`. Knows every running strategy from Redis (the symbol
+index, refreshed by "runtime changed" messages and a periodic full resync, so a missed message heals),
+keeps the feed subscribed to exactly the instruments they need, records last prices, and turns the first
+breaching tick into one STOPLOSS event on the priority queue.
+
+Ticks arrive on the feed's thread (on_ticks); everything else runs on the main thread."""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date
+
+import redis
+from flask import Flask
+
+from webapp import clock, create_app, keys, redis_client
+from webapp.engine import dispatch
+from webapp.engine.events import FAIL, STOPLOSS, Event
+from webapp.engine.stop_index import StopIndex
+from webapp.feeds import Instrument, MarketFeed, Tick, get_feed
+from webapp.market_calendar import IST, is_trading_day, session_for
+from webapp.state_machine import RUNNING, Status
+
+log = logging.getLogger("listener")
+PRICE_FLUSH_SECONDS = 0.1
+HEARTBEAT_TTL_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Member:
+    strategy_id: int
+    instrument: Instrument
+    stop: float
+    status: str
+    run_date: date
+
+
+class Listener:
+    def __init__(self, app: Flask, conn: redis.Redis, feed: MarketFeed) -> None:
+        self.app = app
+        self.conn = conn
+        self.feed = feed
+        self.lock = threading.Lock()  # guards the index and the tick bookkeeping across the two threads
+        self.index = StopIndex()
+        self.members: dict[int, Member] = {}
+        self.fired: set[str] = set()  # STOPLOSS event ids sent and not yet acted on
+        self.subscribed: dict[str, Instrument] = {}
+        self.subscribed_at: dict[str, float] = {}
+        self.last_tick: dict[str, float] = {}
+        self.pending_prices: dict[str, float] = {}
+        self.stale: set[str] = set()
+        self.ticks = 0
+
+    # --- the hot path (feed thread)
+
+    def on_ticks(self, ticks: list[Tick]) -> None:
+        breaches = []
+        now = time.monotonic()
+        with self.lock:
+            self.ticks += len(ticks)
+            for tick in ticks:
+                key = tick.instrument.key
+                self.pending_prices[key] = tick.price
+                self.last_tick[key] = now
+                for stop, strategy_id in self.index.pop_breached(key, tick.price):
+                    breaches.append((strategy_id, tick, stop))
+        if breaches:
+            self._fire(breaches)
+
+    def _fire(self, breaches: list[tuple[int, Tick, float]]) -> None:
+        events, prices = [], {}
+        for strategy_id, tick, stop in breaches:
+            member = self.members.get(strategy_id)
+            if member is None:
+                continue
+            event = Event.for_run(STOPLOSS, strategy_id, member.run_date, price=f"{tick.price:.2f}")
+            events.append(event)
+            prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
+            self.fired.add(event.event_id)
+            log.info("stop-loss breached", extra={"event": STOPLOSS, "strategy_id": strategy_id,
+                                                  "event_id": event.event_id, "price": tick.price, "stop": stop})
+        # One MULTI/EXEC: no worker can take the STOPLOSS before the breaching price is stored, so the
+        # paper exchange fills the exit at that tick.
+        pipe = self.conn.pipeline(transaction=True)
+        for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
+            dispatch.enqueue(self.conn, batch, pipeline=pipe)
+        for key, price in prices.items():
+            pipe.set(key, price)
+        pipe.execute()
+
+    # --- what is running (main thread)
+
+    def resync(self) -> None:
+        """Rebuild everything from Redis: heals any missed START/STOP message."""
+        symbol_keys = list(self.conn.scan_iter(keys.symbol_index_pattern(), count=1000))
+        pipe = self.conn.pipeline(transaction=False)
+        for key in symbol_keys:
+            pipe.zrange(key, 0, -1, withscores=True)
+        stops = {int(sid): score for members in pipe.execute() for sid, score in members}
+        members = self._load(stops)
+        with self.lock:
+            self.members = members
+            self.index = StopIndex()
+            for member in members.values():
+                self._index(member)
+        self.sync_subscriptions()
+
+    def _load(self, stops: dict[int, float]) -> dict[int, Member]:
+        ids = list(stops)
+        pipe = self.conn.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_date")
+            pipe.hget(keys.runtime(sid), "status")
+        replies = pipe.execute()
+        members = {}
+        for n, sid in enumerate(ids):
+            (exchange, symbol, token, run_date), status = replies[2 * n], replies[2 * n + 1]
+            if not (exchange and symbol and run_date and status):
+                continue  # being started or stopped right now; the next message or resync settles it
+            members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)), stops[sid],
+                                  status.decode(), date.fromisoformat(run_date.decode()))
+        return members
+
+    def _index(self, member: Member) -> None:
+        """Caller holds the lock. Only a held position can be stopped out, and only once per run."""
+        fired = f"{member.strategy_id}:{STOPLOSS}:{member.run_date:%Y%m%d}" in self.fired
+        if member.status == Status.IN_POSITION and not fired:
+            self.index.add(member.instrument.key, member.strategy_id, member.stop)
+        else:
+            self.index.remove(member.instrument.key, member.strategy_id)
+
+    def on_runtime_changed(self, message: dict) -> None:
+        sid = int(message["strategy_id"])
+        status = message.get("status")
+        if status in {s.value for s in RUNNING}:
+            score = self.conn.zscore(keys.symbol_strategies(message.get("symbol") or ""), sid) \
+                if message.get("symbol") else None
+            loaded = self._load({sid: score}) if score is not None else {}
+            if not loaded:  # older message shape, or keys not yet written: the resync will settle it
+                return
+            member = loaded[sid]
+            with self.lock:
+                self.members[sid] = member
+                self._index(member)
+        else:
+            with self.lock:
+                member = self.members.pop(sid, None)
+                if member is not None:
+                    self.index.remove(member.instrument.key, sid)
+                self.fired = {e for e in self.fired if not e.startswith(f"{sid}:")}
+        self.sync_subscriptions()
+
+    def sync_subscriptions(self) -> None:
+        wanted = {m.instrument.key: m.instrument for m in list(self.members.values())}
+        new = [i for key, i in wanted.items() if key not in self.subscribed]
+        gone = [i for key, i in self.subscribed.items() if key not in wanted]
+        if not new and not gone:
+            return
+        if gone:
+            self.feed.unsubscribe(gone)
+            for instrument in gone:
+                self.subscribed.pop(instrument.key, None)
+                self.stale.discard(instrument.key)
+            self.conn.hdel(keys.FEED_STALE, *(i.key for i in gone))
+            log.info("unsubscribed", extra={"event": "feed_unsubscribe", "instruments": [i.key for i in gone]})
+        if new:
+            unknown = {i.key for i in self.feed.subscribe(new)}
+            now = time.monotonic()
+            for instrument in new:
+                if instrument.key not in unknown:
+                    self.subscribed[instrument.key] = instrument
+                    self.subscribed_at[instrument.key] = now
+            log.info("subscribed", extra={"event": "feed_subscribe", "instruments": [i.key for i in new]})
+            if unknown:
+                self._symbol_unavailable(unknown)
+        pipe = self.conn.pipeline()
+        pipe.delete(keys.LISTENER_SUBSCRIBED)
+        if self.subscribed:
+            pipe.sadd(keys.LISTENER_SUBSCRIBED, *self.subscribed)
+        pipe.execute()
+
+    def _symbol_unavailable(self, unknown: set[str]) -> None:
+        events = [Event.for_run(FAIL, m.strategy_id, m.run_date, reason=f"symbol unavailable: the feed does not know "
+                                f"{m.instrument.key}") for m in self.members.values() if m.instrument.key in unknown]
+        for event in events:
+            log.error("symbol unavailable", extra={"event": FAIL, "strategy_id": event.strategy_id,
+                                                   "event_id": event.event_id, "reason": event.reason})
+        for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
+            dispatch.enqueue(self.conn, batch)
+
+    # --- housekeeping (main thread)
+
+    def flush_prices(self) -> None:
+        with self.lock:
+            prices, self.pending_prices = self.pending_prices, {}
+        if not prices:
+            return
+        pipe = self.conn.pipeline(transaction=False)
+        for key, price in prices.items():
+            exchange, symbol = key.split(":", 1)
+            pipe.set(keys.last_price(exchange, symbol), price)
+        recovered = [key for key in prices if key in self.stale]
+        if recovered:
+            pipe.hdel(keys.FEED_STALE, *recovered)
+            self.stale.difference_update(recovered)
+            log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
+        pipe.execute()
+
+    def check_health(self) -> None:
+        """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS is marked
+        stale (the UI shows it), logged, and resubscribed."""
+        config = self.app.config
+        now_ist = clock.now().astimezone(IST)
+        in_session = (is_trading_day(now_ist.date(), config["TRADING_CALENDAR"])
+                      and session_for(config["TRADING_CALENDAR"]).contains(now_ist.time()))
+        now = time.monotonic()
+        stale = [] if not in_session else [
+            i for key, i in self.subscribed.items()
+            if now - max(self.last_tick.get(key, 0.0), self.subscribed_at.get(key, 0.0)) > config["FEED_STALE_SECONDS"]]
+        for instrument in stale:
+            if instrument.key not in self.stale:
+                self.stale.add(instrument.key)
+                self.conn.hset(keys.FEED_STALE, instrument.key, clock.now().isoformat())
+                log.warning("feed stale", extra={"event": "feed_stale", "instrument": instrument.key,
+                                                 "seconds": config["FEED_STALE_SECONDS"]})
+            self.subscribed_at[instrument.key] = now  # resubscribe, then give it the same time again
+        if stale:
+            self.feed.unsubscribe(stale)
+            self.feed.subscribe(stale)
+        self.conn.set(keys.LISTENER_HEARTBEAT, json.dumps({
+            "time": clock.now().isoformat(), "subscribed": len(self.subscribed), "strategies": len(self.members),
+            "in_position": len(self.index), "ticks": self.ticks, "stale": sorted(self.stale)}),
+            ex=HEARTBEAT_TTL_SECONDS)
+
+    def run(self, stop: list[bool]) -> None:
+        messages = self.conn.pubsub(ignore_subscribe_messages=True)
+        messages.subscribe(keys.RUNTIME_CHANNEL)
+        self.resync()
+        self.feed.start(self.on_ticks)
+        resync_every = self.app.config["LISTENER_RESYNC_SECONDS"]
+        next_flush = next_health = next_resync = time.monotonic()
+        while not stop:
+            message = messages.get_message(timeout=PRICE_FLUSH_SECONDS)
+            if message is not None:
+                self.on_runtime_changed(json.loads(message["data"]))
+            now = time.monotonic()
+            if now >= next_flush:
+                self.flush_prices()
+                next_flush = now + PRICE_FLUSH_SECONDS
+            if now >= next_health:
+                self.check_health()
+                next_health = now + 1.0
+            if now >= next_resync:
+                self.resync()
+                next_resync = now + resync_every
+        self.feed.stop()
+        self.flush_prices()
+
+
+def main() -> None:
+    app = create_app(process_name="listener")
+    stop: list[bool] = []
+
+    def request_stop(_signum: int, _frame: object) -> None:
+        stop.append(True)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    conn = redis_client.connect(app.config["REDIS_URL"])
+    log.info("listener starting", extra={"event": "listener_start", "feed": app.config["FEED"]})
+    Listener(app, conn, get_feed(app.config)).run(stop)
+    log.info("listener stopped", extra={"event": "listener_stop"})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Chooses the MarketFeed named by the FEED setting."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from webapp.feeds.base import Instrument, MarketFeed, Tick
+from webapp.feeds.simulated import RandomWalkFeed, ScriptedFeed
+
+__all__ = ["Instrument", "MarketFeed", "Tick", "get_feed"]
+
+
+def get_feed(config: dict) -> MarketFeed:
+    """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay)."""
+    name = config["FEED"]
+    if name == "simulated":
+        return RandomWalkFeed(config["FEED_RATE"], config["FEED_VOLATILITY"], config["FEED_SEED"])
+    if name.startswith("csv:"):
+        return ScriptedFeed(Path(name[4:]))
+    raise ValueError(f"unknown FEED {name!r} (expected 'simulated' or 'csv:PATH')")
