@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -262,6 +263,9 @@ class Listener:
 
 
 def main() -> None:
+    # Ticks and breaches run on the feed's thread beside the main thread's housekeeping; CPython's default
+    # 5 ms GIL slice would let a price flush hold a breach back that long.
+    sys.setswitchinterval(0.0005)
     app = create_app(process_name="listener")
     stop: list[bool] = []
 

@@ -22,6 +22,8 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     if not app.config.get("TESTING"):
         logs.configure(process_name, app.config["LOG_LEVEL"])
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}  # no pre-ping round trip for a file on this machine
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))

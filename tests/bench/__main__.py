@@ -55,7 +55,7 @@ def lateness(instants: int = 25, per_instant: int = 4, workers: int = 2) -> None
         print("  " + summary("instant → order at broker", values))
 
 
-def latency(events: int = 200) -> None:
+def latency(events: int = 200, kinds: tuple[str, ...] = ("simple", "fork")) -> None:
     """Event enqueued → order at the broker, one at a time, non-forking vs forking worker."""
     from webapp import clock
     from webapp.engine.events import BUY, Event
@@ -63,7 +63,7 @@ def latency(events: int = 200) -> None:
     from webapp.engine import dispatch
     from webapp.market_calendar import exchange_date
 
-    for kind in ("simple", "fork"):
+    for kind in kinds:
         with harness.system() as sysm:
             app = harness.make_app(sysm)
             buy, _ = harness.ist_after(3600)
@@ -84,7 +84,102 @@ def latency(events: int = 200) -> None:
                   + summary("enqueue → order at broker", samples))
 
 
-SCENARIOS = {"latency": latency, "lateness": lateness, "herd": herd}
+def tick_to_order(strategies: int = 10_000, symbols: int = 500, background_tps: int = 20_000,
+                  breaches: int = 100, workers: int = 2) -> None:
+    """A breaching tick → the STOPLOSS exit at the paper exchange, with every strategy in position and a
+    background of non-breaching ticks on all symbols."""
+    import json
+    import random
+    import threading
+
+    with harness.system() as sysm:
+        catalogue = sysm.workdir / "instruments.csv"
+        names = harness.synthetic_instruments(catalogue, symbols)
+        sysm.env["PAPER_INSTRUMENTS_FILE"] = str(catalogue)
+        stops = [990.0 if n < breaches else 900.0 for n in range(strategies)]  # one high stop on each of the first symbols
+        app = harness.make_app(sysm)
+        ids = harness.create_strategies(app, strategies // 20, 20, "09:15:00", "15:00:00", symbols=names, stops=stops)
+        harness.put_in_position(app, ids, 1000.0)
+        # 12 s of background (prices 950–1050, never ≤ 900) in 10 ms steps, plus one breach tick per target.
+        rng = random.Random(7)
+        step, duration, start_breaches = 0.01, 12.0, 3.0
+        per_step = int(background_tps * step)
+        rows = []
+        for k in range(int(duration / step)):
+            rows += [f"{k * step:.2f},{names[(k * per_step + j) % symbols]},{rng.uniform(995, 1050):.2f}"
+                     for j in range(per_step)]
+        rows += [f"{start_breaches + n * 0.07:.2f},{names[n]},985.00" for n in range(breaches)]
+        script = sysm.workdir / "ticks.csv"
+        script.write_text("offset,symbol,price\n" + "\n".join(rows) + "\n")
+        for _ in range(workers):
+            sysm.spawn("jobs.worker")
+        sysm.spawn("jobs.listener", FEED=f"csv:{script}", LOG_LEVEL="INFO")
+        rtt: list[float] = []
+        sampler = threading.Thread(target=lambda: rtt.extend(harness.redis_rtt_ms(sysm.redis_url, 1500)))
+        sampler.start()
+        harness.wait_until(lambda: harness.orders_placed(app) >= breaches, 60)
+        sampler.join()
+        time.sleep(0.5)
+        fired = {}
+        for line in (sysm.workdir / next(p.name for p in sysm.workdir.glob("jobs.listener-*.log"))).read_text().splitlines():
+            if line.startswith("{") and '"stop-loss breached"' in line:
+                entry = json.loads(line)
+                fired[entry["strategy_id"]] = entry["time"]
+        from datetime import datetime
+
+        from webapp import keys, redis_client
+
+        latencies = []
+        with app.app_context():
+            conn = redis_client.current()
+            for key in conn.scan_iter(keys.paper_order("*"), count=1000):
+                order = {k.decode(): v.decode() for k, v in conn.hgetall(key).items()}
+                sid = int(order["tag"].split("L")[0]) if "L" in order["tag"] else None
+                if sid in fired:
+                    latencies.append((datetime.fromisoformat(order["placed_at"]).timestamp()
+                                      - datetime.fromisoformat(fired[sid]).timestamp()) * 1000)
+        print(f"tick → order: {strategies} strategies in position over {symbols} symbols, background "
+              f"{background_tps} ticks/s, {workers} SimpleWorkers, paper broker")
+        print(f"  breaches fired {len(fired)}/{breaches}, exits placed {len(latencies)}")
+        print("  " + summary("breach detected → order at broker", latencies))
+        print("  " + summary("Redis PING round trip (same run)", rtt))
+
+
+def listener_throughput(strategies: int = 10_000, symbols: int = 500, batches: int = 400) -> None:
+    """Ticks a listener checks per second on one core (in-process, no breaches), 10,000 strategies indexed."""
+    import random
+
+    with harness.system() as sysm:
+        catalogue = sysm.workdir / "instruments.csv"
+        names = harness.synthetic_instruments(catalogue, symbols)
+        app = harness.make_app(sysm)
+        ids = harness.create_strategies(app, strategies // 20, 20, "09:15:00", "15:00:00", symbols=names,
+                                        stops=[900.0] * strategies)
+        harness.put_in_position(app, ids, 1000.0)
+        from jobs.listener import Listener
+        from webapp import redis_client
+        from webapp.feeds import Instrument, Tick
+        from webapp.feeds.simulated import ScriptedFeed
+
+        empty = sysm.workdir / "empty.csv"
+        empty.write_text("offset,symbol,price\n")
+        with app.app_context():
+            listener = Listener(app, redis_client.current(), ScriptedFeed(empty))
+            listener.resync()
+        rng = random.Random(3)
+        instruments = [Instrument("NSE", name, 200000 + n) for n, name in enumerate(names)]
+        frames = [[Tick(i, round(rng.uniform(950, 1050), 2)) for i in instruments] for _ in range(50)]
+        started = time.perf_counter()
+        for n in range(batches):
+            listener.on_ticks(frames[n % len(frames)])
+        elapsed = time.perf_counter() - started
+        ticks = batches * symbols
+        print(f"listener throughput: {ticks} ticks in frames of {symbols}, {len(listener.index)} strategies indexed: "
+              f"{ticks / elapsed:,.0f} ticks/s on one core ({elapsed * 1e6 / ticks:.2f} µs a tick)")
+
+
+SCENARIOS = {"latency": latency, "lateness": lateness, "herd": herd, "listener": listener_throughput,
+             "tick": tick_to_order}
 
 if __name__ == "__main__":
     print(f"machine: {harness.machine()}")

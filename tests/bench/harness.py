@@ -92,7 +92,7 @@ def make_app(sysm: System):  # type: ignore[no-untyped-def]
 
 
 def create_strategies(app, users: int, per_user: int, buy_time: str, sell_time: str,  # type: ignore[no-untyped-def]
-                      symbol: str = "INFY") -> list[int]:
+                      symbol: str = "INFY", symbols: list[str] | None = None, stops: list[float] | None = None) -> list[int]:
     """Bulk set-up straight into the database (set-up is not what is measured)."""
     from webapp import crypto
     from webapp.extensions import db
@@ -110,9 +110,11 @@ def create_strategies(app, users: int, per_user: int, buy_time: str, sell_time: 
             db.session.add(account)
             db.session.flush()
             for i in range(per_user):
-                strategy = Strategy(user_id=user.id, broker_account_id=account.id, name=f"b{u}-{i}", symbol=symbol,
-                                    exchange="NSE", instrument_token=408065, quantity=1, buy_time=buy_time,
-                                    sell_time=sell_time, stop_loss=Decimal("1"))
+                n = len(ids)
+                strategy = Strategy(user_id=user.id, broker_account_id=account.id, name=f"b{u}-{i}",
+                                    symbol=symbols[n % len(symbols)] if symbols else symbol, exchange="NSE",
+                                    instrument_token=100000 + n, quantity=1, buy_time=buy_time, sell_time=sell_time,
+                                    stop_loss=Decimal(str(stops[n])) if stops else Decimal("1"))
                 db.session.add(strategy)
                 db.session.flush()
                 ids.append(strategy.id)
@@ -172,3 +174,49 @@ def wait_until(predicate, timeout: float, interval: float = 0.2) -> bool:  # typ
             return True
         time.sleep(interval)
     return False
+
+
+def synthetic_instruments(path: Path, count: int, price: float = 1000.0) -> list[str]:
+    """A paper catalogue of `count` symbols (Kite's CSV layout), for load that spans many instruments."""
+    symbols = [f"SYM{n:03d}" for n in range(count)]
+    rows = [f"{200000 + n},{(200000 + n) >> 8},{sym},SYNTHETIC {n},{price:.2f},,0,0.05,1,EQ,NSE,NSE"
+            for n, sym in enumerate(symbols)]
+    path.write_text("instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,"
+                    "lot_size,instrument_type,segment,exchange\n" + "\n".join(rows) + "\n")
+    return symbols
+
+
+def put_in_position(app, ids: list[int], entry: float) -> None:  # type: ignore[no-untyped-def]
+    """As if each BUY had filled: database first, then the runtime keys the listener reads."""
+    from datetime import date
+
+    from sqlalchemy import update
+
+    from webapp import clock, redis_client
+    from webapp.engine import runtime
+    from webapp.extensions import db
+    from webapp.market_calendar import exchange_date
+    from webapp.models import Strategy
+
+    with app.app_context():
+        today: date = exchange_date(clock.now())
+        db.session.execute(update(Strategy).where(Strategy.id.in_(ids)).values(
+            status="in_position", position=1, entry_price=Decimal(str(entry)), run_date=today.isoformat(),
+            last_action="BUY"))
+        db.session.commit()
+        conn = redis_client.current()
+        for strategy in db.session.scalars(db.select(Strategy).where(Strategy.id.in_(ids))):
+            runtime.activate(conn, strategy)
+
+
+def redis_rtt_ms(url: str, samples: int = 300) -> list[float]:
+    import redis
+
+    conn = redis.Redis.from_url(url)
+    values = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        conn.ping()
+        values.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.005)
+    return values

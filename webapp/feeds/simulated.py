@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import random
 import threading
@@ -83,21 +84,26 @@ class ScriptedFeed(_Subscriptions):
             rows = [r for r in csv.reader(f) if r and not r[0].startswith("#")]
         if rows and not _is_number(rows[0][0]):
             rows = rows[1:]  # header
-        self.rows = sorted(((float(o), s.strip(), float(p)) for o, s, p in rows), key=lambda r: r[0])
+        self.rows = sorted(((float(o), _key(s.strip()), float(p)) for o, s, p in rows), key=lambda r: r[0])
 
     def start(self, on_ticks: TickHandler) -> None:
         threading.Thread(target=self._run, args=(on_ticks,), name="scripted-feed", daemon=True).start()
 
     def _run(self, on_ticks: TickHandler) -> None:
         began = time.monotonic()
-        for offset, name, price in self.rows:
+        for offset, rows in itertools.groupby(self.rows, key=lambda row: row[0]):
             if self.stopped.wait(max(0.0, began + offset - time.monotonic())):
                 return
-            exchange, _, symbol = name.rpartition(":")
-            key = f"{exchange or 'NSE'}:{symbol}"
-            instrument = next((i for i in self.snapshot() if i.key == key), None)
-            if instrument is not None:
-                on_ticks([Tick(instrument, price)])
+            with self.lock:
+                active = dict(self.active)
+            ticks = [Tick(active[key], price) for _, key, price in rows if key in active]
+            if ticks:
+                on_ticks(ticks)
+
+
+def _key(name: str) -> str:
+    exchange, _, symbol = name.rpartition(":")
+    return f"{exchange or 'NSE'}:{symbol}"
 
 
 def _is_number(text: str) -> bool:
