@@ -2,7 +2,7 @@
 sorted set, score = the trigger's epoch second). Polling that set, as rq-scheduler's own loop does,
 runs jobs up to one poll interval late; this loop instead sleeps until the earliest trigger's instant
 (waking early when a new one is registered) and then moves every due job to its queue in one
-pipeline, batched (webapp/engine/dispatch.py), so a 09:15:00 herd of a thousand leaves together,
+transaction, batched (webapp/engine/dispatch.py), so a 09:15:00 herd of a thousand leaves together,
 never before its second."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import time
 
 import redis
+from redis.exceptions import WatchError
 from rq.job import Job
 
 from webapp import clock, create_app, keys, redis_client
@@ -44,25 +45,32 @@ class Mover:
         self.prefetched_until = until
 
     def move_due(self) -> list[str]:
-        """Claim each due trigger with ZREM (only the process whose ZREM removes it enqueues it, so two
-        schedulers never double a trigger), then enqueue the claimed events as batches in one round trip."""
-        due = self.conn.zrangebyscore(self.key, "-inf", clock.epoch())
-        if not due:
-            return []
-        claim = self.conn.pipeline(transaction=False)
+        """Claim and enqueue in one transaction: the due triggers leave the scheduled set in the same
+        MULTI/EXEC that puts their events on the queues, so neither a crash nor a second scheduler can lose
+        or double a trigger (a concurrent change to the set aborts the EXEC, and we look again)."""
+        with self.conn.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(self.key)
+                    due = [job_id.decode() for job_id in pipe.zrangebyscore(self.key, "-inf", clock.epoch())]
+                    if not due:
+                        return []
+                    missing = [i for i in due if i not in self.prefetched]
+                    jobs = [self.prefetched[i] for i in due if i in self.prefetched]
+                    jobs += [job for job in Job.fetch_many(missing, connection=self.conn) if job is not None]
+                    events = [Event.from_dict(payload) for job in jobs for payload in job.args[0]]
+                    pipe.multi()
+                    pipe.zrem(self.key, *due)
+                    for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
+                        dispatch.enqueue(self.conn, batch, pipeline=pipe)
+                    for job in jobs:
+                        pipe.delete(job.key)  # the registration has become a queued event
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
         for job_id in due:
-            claim.zrem(self.key, job_id)
-        claimed = [job_id.decode() for job_id, won in zip(due, claim.execute()) if won]
-        missing = [i for i in claimed if i not in self.prefetched]
-        jobs = [self.prefetched.pop(i) for i in claimed if i in self.prefetched]
-        jobs += [job for job in Job.fetch_many(missing, connection=self.conn) if job is not None]
-        events = [Event.from_dict(payload) for job in jobs for payload in job.args[0]]
-        pipe = self.conn.pipeline()
-        for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
-            dispatch.enqueue(self.conn, batch, pipeline=pipe)
-        for job in jobs:
-            pipe.delete(job.key)  # the registration has become a queued event
-        pipe.execute()
+            self.prefetched.pop(job_id, None)
         self.prefetched_until = float("-inf")
         return [event.event_id for event in events]
 

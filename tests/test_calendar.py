@@ -80,3 +80,29 @@ def test_start_and_stop_buttons_on_the_page(client, at_ist):
     assert "Running: BUY at 09:20:00 IST" in page and 'id="stop-button"' in page and 'hx-trigger="every 5s"' in page
     client.post("/strategies/1/stop", data={"csrf_token": token})
     assert "Stopping." in client.get("/strategies/1").get_data(as_text=True)
+
+
+def test_start_and_stop_with_the_engine_unreachable_change_nothing(tmp_path, redis_url):
+    """Redis down: START and STOP answer 503 ENGINE_UNAVAILABLE and leave the strategy as it was."""
+    from jobs.redis_server import free_port
+    from tests.conftest import make_app
+    from tests.helpers import db_row, db_update
+    from webapp.extensions import db
+    from webapp.models import Strategy
+
+    up = make_app(f"sqlite:///{tmp_path / 'e.sqlite3'}", redis_url, TRADING_CALENDAR="always")
+    with up.app_context():
+        db.create_all()
+    client = up.test_client()
+    headers = trader(client, "down@example.com")
+    sid = api_strategy(client, headers, buy_time="23:59:00", sell_time="23:59:30")
+    down = make_app(up.config["SQLALCHEMY_DATABASE_URI"], f"redis://127.0.0.1:{free_port()}/0", TRADING_CALENDAR="always")
+    dead = down.test_client()
+    before = db_row(down, Strategy, sid)
+    response = dead.post(f"/api/v1/strategy/{sid}/start", headers=headers)
+    assert response.status_code == 503 and response.json["error"] == "ENGINE_UNAVAILABLE"
+    assert db_row(down, Strategy, sid) == before
+    db_update(down, Strategy, sid, status="in_position", position=5)
+    response = dead.post(f"/api/v1/strategy/{sid}/stop", headers=headers)
+    assert response.status_code == 503
+    assert db_row(down, Strategy, sid)["status"] == "in_position"

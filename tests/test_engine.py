@@ -18,6 +18,8 @@ from tests.engine_helpers import (
     trader,
     wait_status,
 )
+from webapp import redis_client
+from webapp.engine import schedule
 from webapp.engine.events import BUY, SELL, STOPLOSS
 
 pytestmark = pytest.mark.slow
@@ -144,13 +146,17 @@ def test_stop_while_in_position_squares_off_with_exactly_one_sell(app, client, e
     assert broker_orders(redis_conn, today_event(SELL, sid).event_id) == 0
 
 
-def test_stop_before_entry_places_nothing(client, engine, redis_conn):
+def test_stop_before_entry_places_nothing(app, client, engine, redis_conn):
     headers = trader(client, "sb@example.com")
     sid = started_strategy(client, headers, buy_in=3, sell_in=60)
     assert client.post(f"/api/v1/strategy/{sid}/stop", headers=headers).status_code == 202
     wait_status(client, headers, sid, "stopped")
     assert client.post(f"/api/v1/strategy/{sid}/stop", headers=headers).status_code == 409
-    wait_for(lambda: "strategy started" not in engine.log("worker"), timeout=1, what="noop")
+    # The BUY trigger is gone, and a BUY that still arrives is dropped: nothing reaches the broker.
+    with app.app_context():
+        assert schedule.scheduled_at(redis_client.current(), sid, BUY) is None
+    send(app, today_event(BUY, sid))
+    wait_for(lambda: "event dropped by the state machine" in engine.log("worker"), what="late BUY dropped")
     assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
     assert orders(client, headers, sid) == []
 

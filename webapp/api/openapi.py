@@ -139,7 +139,8 @@ def _json(schema: dict, description: str) -> dict:
 def _errors(*codes: int) -> dict:
     words = {400: "bad request", 401: "not logged in", 404: "not found (or not yours)",
              409: "not allowed in the strategy's current state",
-             415: "unsupported media type", 422: "invalid fields", 429: "rate limited"}
+             415: "unsupported media type", 422: "invalid fields", 429: "rate limited",
+             503: "engine unavailable (Redis unreachable); nothing was changed"}
     return {str(c): _json(ERROR, words[c]) for c in codes}
 
 
@@ -215,13 +216,13 @@ SPEC = {
             "post": {"summary": "START: BUY at buy_time and SELL at sell_time today (idempotent while running)",
                      "security": SECURED,
                      "responses": {"200": _json(LIFECYCLE, "running (or already running)"),
-                                   **_errors(401, 404, 409)}},
+                                   **_errors(401, 404, 409, 503)}},
         },
         "/api/v1/strategy/{strategy_id}/stop": {
             "parameters": ID_PARAM,
             "post": {"summary": "STOP: square off any position, then halt (done by the engine, asynchronously)",
                      "security": SECURED,
-                     "responses": {"202": _json(LIFECYCLE, "stop queued"), **_errors(401, 404, 409)}},
+                     "responses": {"202": _json(LIFECYCLE, "stop queued"), **_errors(401, 404, 409, 503)}},
         },
         "/api/v1/strategy/status/{strategy_id}": {
             "parameters": ID_PARAM,

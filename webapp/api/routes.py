@@ -120,6 +120,8 @@ def strategy_start(strategy_id: int):  # type: ignore[no-untyped-def]
         message = lifecycle.start(strategy)
     except lifecycle.StartRefused as exc:
         return json_error(409, str(exc), code=exc.code)
+    except lifecycle.EngineUnavailable as exc:
+        return json_error(503, str(exc), code=exc.code)
     return jsonify(message=message, status=status.status_for(strategy))
 
 
@@ -131,6 +133,8 @@ def strategy_stop(strategy_id: int):  # type: ignore[no-untyped-def]
         message = lifecycle.request_stop(strategy)
     except lifecycle.NotRunning as exc:
         return json_error(409, str(exc), code=exc.code)
+    except lifecycle.EngineUnavailable as exc:
+        return json_error(503, str(exc), code=exc.code)
     return jsonify(message=message, status=status.status_for(strategy)), 202
 
 

@@ -172,6 +172,9 @@ def _execute(event: Event, strategy: Strategy, request: OrderRequest, row: Order
         return None
     except (OrderFailed, OrderUnknown) as exc:
         return _failed(strategy, event, exc)
+    except Exception as exc:  # noqa: BLE001 — an intent row exists: the order may be at the broker
+        log.exception("unexpected error while placing", extra=_ids(event, strategy))
+        return _failed(strategy, event, OrderUnknown(f"unexpected error: {exc!r}"))
     return _apply(strategy, event, state)
 
 

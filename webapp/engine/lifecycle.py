@@ -6,6 +6,7 @@ import logging
 from datetime import date
 
 from flask import current_app
+from redis.exceptions import RedisError
 from webapp import clock, redis_client
 from webapp.engine import dispatch, runtime, schedule
 from webapp.engine.events import BUY, SELL, STOP, Event
@@ -19,6 +20,10 @@ from webapp.state_machine import Status, can_transition, is_running
 log = logging.getLogger("engine.lifecycle")
 
 
+_RUN_FIELDS = ("status", "run_date", "broker_account_id", "position", "entry_price", "exit_price", "status_reason",
+               "needs_attention", "last_action")
+
+
 class StartRefused(Exception):
     code = "START_REFUSED"
 
@@ -27,8 +32,26 @@ class NotRunning(Exception):
     code = "NOT_RUNNING"
 
 
+class EngineUnavailable(Exception):
+    """Redis (the engine's transport) cannot be reached: nothing was changed."""
+
+    code = "ENGINE_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("The engine is unavailable right now; nothing was changed. Try again shortly.")
+
+
 def start(strategy: Strategy) -> str:
     """Idempotent: START on a running strategy changes nothing."""
+    try:
+        return _start(strategy)
+    except RedisError as exc:
+        log.error("start refused: engine unavailable", extra={"event": "START", "strategy_id": strategy.id,
+                                                              "user_id": strategy.user_id, "error": str(exc)})
+        raise EngineUnavailable() from exc
+
+
+def _start(strategy: Strategy) -> str:
     conn = redis_client.current()
     with conn.lock(runtime_lock(strategy.id), timeout=30, blocking_timeout=10):
         db.session.refresh(strategy)
@@ -53,6 +76,7 @@ def start(strategy: Strategy) -> str:
         if not can_transition(strategy.status, Status.WAITING_ENTRY):
             raise StartRefused(f"Cannot start from {strategy.status}.")
 
+        before = {f: getattr(strategy, f) for f in _RUN_FIELDS}
         strategy.status = Status.WAITING_ENTRY.value
         strategy.run_date = today.isoformat()
         strategy.broker_account_id = account.id
@@ -62,11 +86,18 @@ def start(strategy: Strategy) -> str:
         strategy.needs_attention = False
         strategy.last_action = "START"
         db.session.commit()
-        runtime.activate(conn, strategy)
         triggers = [(Event.for_run(BUY, strategy.id, today, buy_at), buy_at),
                     (Event.for_run(SELL, strategy.id, today, sell_at), sell_at)]
-        for event, at in triggers:
-            schedule.register(conn, event, at)
+        try:
+            runtime.activate(conn, strategy)
+            for event, at in triggers:
+                schedule.register(conn, event, at)
+        except RedisError:
+            # Never leave a strategy "running" without its triggers: undo, and say so.
+            for field, value in before.items():
+                setattr(strategy, field, value)
+            db.session.commit()
+            raise
     log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                         "event_ids": [event.event_id for event, _ in triggers],
                                         "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat()})
@@ -79,10 +110,14 @@ def request_stop(strategy: Strategy) -> str:
     if not is_running(strategy.status):
         raise NotRunning("This strategy is not running.")
     conn = redis_client.current()
-    schedule.cancel(conn, strategy.id)
     run_date = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
     event = Event.for_run(STOP, strategy.id, run_date)
-    dispatch.enqueue(conn, [event])
+    # The STOP is queued before the triggers go: if queueing fails, the strategy keeps its SELL.
+    try:
+        dispatch.enqueue(conn, [event])
+        schedule.cancel(conn, strategy.id)
+    except RedisError as exc:
+        raise EngineUnavailable() from exc
     log.info("stop requested", extra={"event": "STOP", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                       "event_id": event.event_id})
     if strategy.status == Status.IN_POSITION:

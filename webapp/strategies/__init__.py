@@ -77,7 +77,7 @@ def start(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
     try:
         flash(lifecycle.start(strategy), "success")
-    except lifecycle.StartRefused as exc:
+    except (lifecycle.StartRefused, lifecycle.EngineUnavailable) as exc:
         flash(f"Not started: {exc}", "error")
     return go_to(url_for("strategies.detail", strategy_id=strategy_id))
 
@@ -87,7 +87,7 @@ def stop(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
     try:
         flash(lifecycle.request_stop(strategy), "success")
-    except lifecycle.NotRunning as exc:
+    except (lifecycle.NotRunning, lifecycle.EngineUnavailable) as exc:
         flash(str(exc), "error")
     return go_to(url_for("strategies.detail", strategy_id=strategy_id))
 
