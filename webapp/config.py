@@ -55,6 +55,14 @@ class Config:
         self.REMEMBER_COOKIE_HTTPONLY = True
         self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
         self.WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the session: no surprise 400 on a tab left open
+        # Kite's published limits, per API key, kept as settings; every worker shares them through Redis.
+        self.KITE_ORDER_LIMITS = os.environ.get("KITE_ORDER_LIMITS", "10/s,400/min,5000/day")
+        self.KITE_QUOTE_LIMITS = os.environ.get("KITE_QUOTE_LIMITS", "1/s")
+        self.KITE_OTHER_LIMITS = os.environ.get("KITE_OTHER_LIMITS", "10/s")
+        self.KITE_TIMEOUT_SECONDS = float(os.environ.get("KITE_TIMEOUT_SECONDS", "7"))
+        self.KITE_LOGIN_URL = os.environ.get("KITE_LOGIN_URL", "https://kite.zerodha.com/connect/login")
+        self.KITE_FEED_API_KEY = os.environ.get("KITE_FEED_API_KEY", "")
+        self.KITE_FEED_ACCESS_TOKEN = os.environ.get("KITE_FEED_ACCESS_TOKEN", "")
         self.PAPER_SLIPPAGE_BPS = float(os.environ.get("PAPER_SLIPPAGE_BPS", "0"))
         # Order placement: attempts in all, pauses between them, and how long to follow an order to a
         # final state.

@@ -58,3 +58,11 @@ FEED_STALE = f"{PREFIX}feed:stale"  # hash EXCHANGE:SYMBOL → ISO time since wh
 
 def symbol_index_pattern() -> str:
     return f"{PREFIX}symbol:*:strategies"
+
+
+def rate_limit(api_key: str, kind: str, window_ms: int) -> str:
+    return f"{PREFIX}ratelimit:{api_key}:{kind}:{window_ms}"
+
+
+def instruments_cache(exchange: str, day: str) -> str:
+    return f"{PREFIX}instruments:{exchange}:{day}"

@@ -77,3 +77,12 @@ def exchange_date(moment: datetime) -> date:
 def instant(day: date, at: time) -> datetime:
     """An IST wall-clock time on an IST date, as aware UTC."""
     return datetime.combine(day, at, tzinfo=IST).astimezone(timezone.utc)
+
+
+def kite_token_expiry(issued: datetime) -> datetime:
+    """Kite access tokens expire at 06:00 IST the morning after they are issued."""
+    local = issued.astimezone(IST)
+    expiry = datetime.combine(local.date(), time(6, 0), tzinfo=IST)
+    if local >= expiry:
+        expiry += timedelta(days=1)
+    return expiry.astimezone(timezone.utc)

@@ -69,10 +69,16 @@ class BrokerAccount(db.Model):
     api_key_last4: Mapped[str] = mapped_column(db.String(4))
     status: Mapped[str] = mapped_column(db.String(24), default="connected")  # connected | login_required
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Kite access tokens die at 06:00 IST the next day; past this the account needs a new login.
+    access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     user: Mapped[User] = relationship(back_populates="broker_accounts")
+
+    def needs_login(self, now: datetime) -> bool:
+        expired = self.access_token_expires_at is not None and self.access_token_expires_at <= now
+        return self.status == "login_required" or self.access_token_enc is None or expired
 
 
 class Strategy(db.Model):

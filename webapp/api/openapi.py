@@ -26,12 +26,13 @@ TOKEN = {
 ACCOUNT = {
     "type": "object",
     "nullable": True,
-    "required": ["broker", "api_key_last4", "status", "validated_at"],
+    "required": ["broker", "api_key_last4", "status", "validated_at", "login_required"],
     "properties": {
         "broker": {"type": "string"},
         "api_key_last4": {"type": "string", "maxLength": 4},
         "status": {"type": "string", "enum": ["connected", "login_required"]},
         "validated_at": {"type": "string", "format": "date-time", "nullable": True},
+        "login_required": {"type": "boolean", "description": "a Kite login is needed before START"},
     },
     "additionalProperties": False,
 }

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from flask import Blueprint, current_app, flash, render_template, request, url_for
+import secrets
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
 from webapp.brokers import BrokerAuthFailed
@@ -34,3 +36,36 @@ def connect():  # type: ignore[no-untyped-def]
     }
     status = 422 if errors or auth_error else 200
     return render_template("broker/_form.html" if is_htmx() else "broker/connect.html", **context), status
+
+
+@bp.get("/kite/login")
+@login_required
+def kite_login():  # type: ignore[no-untyped-def]
+    """"Log in with Kite": off to Kite's login page, which comes back to kite_callback."""
+    account = broker_accounts.account_for(current_user)
+    if account is None or account.broker != "kite":
+        flash("Save your Kite API key and secret first.", "error")
+        return redirect(url_for("broker.connect"))
+    session["kite_state"] = state = secrets.token_urlsafe(16)
+    return redirect(broker_accounts.kite_login_url(account, state))
+
+
+@bp.get("/kite/callback")
+@login_required
+def kite_callback():  # type: ignore[no-untyped-def]
+    """Kite's redirect after login, with request_token (and our state, so a forged link is refused)."""
+    expected = session.pop("kite_state", None)
+    account = broker_accounts.account_for(current_user)
+    if not expected or request.args.get("state") != expected or account is None:
+        flash("That Kite login link is not one this session started. Please log in with Kite again.", "error")
+    elif request.args.get("status") != "success" or not request.args.get("request_token"):
+        flash("The Kite login did not complete.", "error")
+    else:
+        try:
+            broker_accounts.complete_kite_login(account, request.args["request_token"])
+        except BrokerAuthFailed as exc:
+            flash(f"{exc.code}: {exc}", "error")
+        else:
+            flash("Logged in with Kite. Your session lasts until 06:00 IST tomorrow.", "success")
+            return redirect(url_for("strategies.index"))
+    return redirect(url_for("broker.connect"))

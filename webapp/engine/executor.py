@@ -35,7 +35,7 @@ from webapp.engine.orders import (
 from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.models import AuditEvent, BrokerAccount, OrderLog, Strategy
-from webapp.state_machine import TERMINAL, Status, can_transition, event_may_act
+from webapp.state_machine import RUNNING, TERMINAL, Status, can_transition, event_may_act
 
 log = logging.getLogger("engine")
 
@@ -275,7 +275,17 @@ def _fail(strategy: Strategy, event: Event, reason: str, position_unknown: bool 
 
 
 def _mark_login_required(strategy: Strategy) -> None:
-    if strategy.broker_account_id:
-        account = db.session.get(BrokerAccount, strategy.broker_account_id)
-        if account is not None:
-            account.status = "login_required"
+    """The broker refused the session: no blind retries for anyone on this account. The account says
+    "login required", and every other running strategy on it is flagged for its owner."""
+    if not strategy.broker_account_id:
+        return
+    account = db.session.get(BrokerAccount, strategy.broker_account_id)
+    if account is None:
+        return
+    account.status = "login_required"
+    others = db.session.scalars(select(Strategy).where(
+        Strategy.broker_account_id == account.id, Strategy.id != strategy.id,
+        Strategy.status.in_([s.value for s in RUNNING])))
+    for other in others:
+        other.needs_attention = True
+        other.status_reason = "Broker login required: log in with Kite again, or this strategy's orders will fail."

@@ -60,8 +60,9 @@ def _start(strategy: Strategy) -> str:
         account = broker_accounts.account_for(strategy.user)
         if account is None:
             raise StartRefused("Connect a broker account first.")
-        if account.status == "login_required":
-            raise StartRefused("Broker login required: log in to your broker again, then START.")
+        if account.needs_login(clock.now()):
+            raise StartRefused("Broker login required: log in with Kite again (sessions end at 06:00 IST), "
+                               "then START.")
         calendar = current_app.config["TRADING_CALENDAR"]
         now = clock.now()
         today = exchange_date(now)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote, urlencode
 
 from flask import current_app
 from sqlalchemy import select
 
-from webapp import crypto
+from webapp import clock, crypto
 from webapp.brokers import Credentials, get_broker
 from webapp.extensions import db
-from webapp.models import BrokerAccount, User, utcnow
+from webapp.market_calendar import kite_token_expiry
+from webapp.models import BrokerAccount, User
 from webapp.services.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
@@ -26,24 +28,50 @@ def account_for(user: User) -> BrokerAccount | None:
 
 def connect(user: User, data: dict) -> BrokerAccount:
     """Raises ValidationFailed for missing fields and BrokerAuthFailed when the broker says no; in both
-    cases nothing is stored."""
+    cases nothing is stored. With Kite, the access token may be left out: the account then waits for
+    "Log in with Kite"."""
+    name = current_app.config["BROKER"]
     values = {f: data.get(f).strip() if isinstance(data.get(f), str) else "" for f in FIELDS}
-    missing = {f: "Required." for f, v in values.items() if not v}
+    optional = {"access_token"} if name == "kite" else set()
+    missing = {f: "Required." for f, v in values.items() if not v and f not in optional}
     if missing:
         raise ValidationFailed(missing)
-    broker = get_broker(current_app.config["BROKER"])
-    broker.validate_credentials(Credentials(**values))
-    account = account_for(user) or BrokerAccount(user_id=user.id, broker=broker.name)
+    credentials = Credentials(**values)
+    if values["access_token"]:
+        get_broker(name, credentials=credentials).validate_credentials(credentials)
+    account = account_for(user) or BrokerAccount(user_id=user.id, broker=name)
     account.api_key_enc = crypto.encrypt(values["api_key"])
     account.api_secret_enc = crypto.encrypt(values["api_secret"])
-    account.access_token_enc = crypto.encrypt(values["access_token"])
     account.api_key_last4 = values["api_key"][-4:]
-    account.status = "connected"
-    account.validated_at = utcnow()
+    _set_session(account, values["access_token"] or None)
     db.session.add(account)
     db.session.commit()
-    log.info("broker connected", extra={"event": "broker_connected", "user_id": user.id, "broker": broker.name})
+    log.info("broker connected", extra={"event": "broker_connected", "user_id": user.id, "broker": name,
+                                        "status": account.status})
     return account
+
+
+def _set_session(account: BrokerAccount, access_token: str | None) -> None:
+    now = clock.now()
+    account.access_token_enc = crypto.encrypt(access_token) if access_token else None
+    account.status = "connected" if access_token else "login_required"
+    account.validated_at = now if access_token else None
+    account.access_token_expires_at = kite_token_expiry(now) if access_token and account.broker == "kite" else None
+
+
+def kite_login_url(account: BrokerAccount, state: str) -> str:
+    api_key = crypto.decrypt(account.api_key_enc)
+    return (f"{current_app.config['KITE_LOGIN_URL']}?v=3&api_key={quote(api_key)}"
+            f"&redirect_params={quote(urlencode({'state': state}))}")
+
+
+def complete_kite_login(account: BrokerAccount, request_token: str) -> None:
+    """Raises BrokerAuthFailed if Kite refuses the request token."""
+    credentials = Credentials(crypto.decrypt(account.api_key_enc), crypto.decrypt(account.api_secret_enc), "")
+    broker = get_broker("kite", credentials=credentials)
+    _set_session(account, broker.create_session(request_token))
+    db.session.commit()
+    log.info("kite login completed", extra={"event": "kite_login", "user_id": account.user_id})
 
 
 def describe(account: BrokerAccount | None) -> dict | None:
@@ -55,4 +83,5 @@ def describe(account: BrokerAccount | None) -> dict | None:
         "api_key_last4": account.api_key_last4,
         "status": account.status,
         "validated_at": account.validated_at.isoformat() if account.validated_at else None,
+        "login_required": account.needs_login(clock.now()),
     }

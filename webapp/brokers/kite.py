@@ -1,0 +1,118 @@
+"""Zerodha Kite Connect through the official `kiteconnect` client, behind the Broker interface.
+
+Every failure is sorted by what it means for money: the broker said no for good (OrderRejected), the
+session is gone (BrokerAuthFailed: a human must log in again), the request surely did not land
+(BrokerUnavailable: retry), or it may have landed (BrokerTimeout: look the tag up before anything else)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import TypeVar
+
+import requests
+from kiteconnect import KiteConnect
+from kiteconnect import exceptions as kite_errors
+
+from webapp.brokers.base import (
+    BrokerAuthFailed,
+    BrokerTimeout,
+    BrokerUnavailable,
+    Credentials,
+    OrderRejected,
+    OrderRequest,
+    OrderState,
+)
+from webapp.brokers.ratelimit import RateLimiter
+
+T = TypeVar("T")
+PAISE = Decimal("0.01")
+
+
+class KiteBroker:
+    name = "kite"
+
+    def __init__(self, root: str, credentials: Credentials, limiter: RateLimiter | None = None,
+                 timeout: float = 7.0) -> None:
+        self.credentials = credentials
+        self.limiter = limiter
+        self.client = KiteConnect(credentials.api_key, access_token=credentials.access_token or None, root=root,
+                                  timeout=timeout)
+
+    def _call(self, kind: str, fn: Callable[[], T], may_have_landed: bool = False) -> T:
+        """One REST call, after its turn under the rate limits; errors mapped to the Broker's."""
+        if self.limiter is not None:
+            self.limiter.acquire(self.credentials.api_key, kind)
+        try:
+            return fn()
+        except kite_errors.TokenException as exc:
+            raise BrokerAuthFailed(f"Kite session expired or invalid: {exc}") from exc
+        except (kite_errors.NetworkException, requests.ConnectTimeout) as exc:
+            # Kite answered 429/503, or no connection was ever made: the request did not land.
+            raise BrokerUnavailable(f"Kite unavailable: {exc}") from exc
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            if may_have_landed:
+                raise BrokerTimeout(f"no answer from Kite: {exc}") from exc
+            raise BrokerUnavailable(f"no answer from Kite: {exc}") from exc
+        except (kite_errors.DataException, TypeError, KeyError) as exc:
+            # An answer we cannot read (a gateway page, an error without error_type, no Content-Type).
+            if may_have_landed:
+                raise BrokerTimeout(f"unreadable answer from Kite: {exc!r}") from exc
+            raise BrokerUnavailable(f"unreadable answer from Kite: {exc!r}") from exc
+        except (kite_errors.InputException, kite_errors.OrderException, kite_errors.PermissionException,
+                kite_errors.GeneralException) as exc:
+            # Kite's MarginException and other unknown error types arrive as GeneralException.
+            raise OrderRejected(str(exc)) from exc
+
+    def validate_credentials(self, credentials: Credentials) -> None:
+        try:
+            self._call("other", self.client.profile)
+        except (OrderRejected, BrokerUnavailable) as exc:
+            raise BrokerAuthFailed(f"Kite did not accept these credentials: {exc}") from exc
+
+    def create_session(self, request_token: str) -> str:
+        """The login flow's last step: Kite's request_token → an access token (checksum made by the client)."""
+        try:
+            data = self._call("other", lambda: self.client.generate_session(request_token, self.credentials.api_secret))
+        except (OrderRejected, BrokerUnavailable) as exc:
+            raise BrokerAuthFailed(f"Kite did not complete the login: {exc}") from exc
+        return str(data["access_token"])
+
+    def place_order(self, order: OrderRequest) -> str:
+        data = self._call("orders", lambda: self.client.place_order(
+            variety=KiteConnect.VARIETY_REGULAR, exchange=order.exchange, tradingsymbol=order.symbol,
+            transaction_type=order.side, quantity=int(order.quantity), product=order.product,
+            order_type=KiteConnect.ORDER_TYPE_MARKET, tag=order.tag), may_have_landed=True)
+        return str(data["order_id"] if isinstance(data, dict) else data)
+
+    def order_status(self, order_id: str) -> OrderState:
+        history = self._call("other", lambda: self.client.order_history(order_id))
+        if not history:
+            raise BrokerUnavailable(f"Kite has no history for order {order_id} yet")
+        return _state(history[-1])
+
+    def orders_by_tag(self, tag: str) -> list[OrderState]:
+        return [_state(order) for order in self._call("other", self.client.orders) if tag in _tags(order)]
+
+    def last_price(self, exchange: str, symbol: str) -> Decimal:
+        name = f"{exchange}:{symbol}"
+        quotes = self._call("quote", lambda: self.client.ltp([name]))
+        if name not in quotes:
+            raise OrderRejected(f"Kite has no price for {name}")
+        return Decimal(str(quotes[name]["last_price"])).quantize(PAISE)
+
+
+def _tags(order: dict) -> list[str]:
+    tags = order.get("tags") or []
+    return [*tags, order["tag"]] if order.get("tag") else list(tags)
+
+
+def _state(order: dict) -> OrderState:
+    average = order.get("average_price")
+    return OrderState(
+        order_id=str(order["order_id"]),
+        status=str(order.get("status") or "UNKNOWN").upper(),
+        tag=order.get("tag"),
+        filled_quantity=int(order.get("filled_quantity") or 0),
+        average_price=Decimal(str(average)).quantize(PAISE) if average else None,
+        message=order.get("status_message") or None,
+    )
