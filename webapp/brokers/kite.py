@@ -93,6 +93,9 @@ class KiteBroker:
     def orders_by_tag(self, tag: str) -> list[OrderState]:
         return [_state(order) for order in self._call("other", self.client.orders) if tag in _tags(order)]
 
+    def instruments(self, exchange: str) -> list[dict]:
+        return self._call("other", lambda: self.client.instruments(exchange))
+
     def last_price(self, exchange: str, symbol: str) -> Decimal:
         name = f"{exchange}:{symbol}"
         quotes = self._call("quote", lambda: self.client.ltp([name]))

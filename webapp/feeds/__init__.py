@@ -10,10 +10,14 @@ __all__ = ["Instrument", "MarketFeed", "Tick", "get_feed"]
 
 
 def get_feed(config: dict) -> MarketFeed:
-    """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay)."""
+    """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay), FEED=kite (Kite's ticker)."""
     name = config["FEED"]
     if name == "simulated":
         return RandomWalkFeed(config["FEED_RATE"], config["FEED_VOLATILITY"], config["FEED_SEED"])
     if name.startswith("csv:"):
         return ScriptedFeed(Path(name[4:]))
-    raise ValueError(f"unknown FEED {name!r} (expected 'simulated' or 'csv:PATH')")
+    if name == "kite":
+        from webapp.feeds.kite import KiteTickerFeed  # Twisted loads only where the Kite feed is used
+
+        return KiteTickerFeed(config["KITE_FEED_API_KEY"], config["KITE_FEED_ACCESS_TOKEN"], config["KITE_TICKER_ROOT"])
+    raise ValueError(f"unknown FEED {name!r} (expected 'simulated', 'csv:PATH' or 'kite')")

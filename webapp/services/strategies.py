@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 
 from flask import abort, current_app
 from sqlalchemy import select
 
-from webapp import instruments
+from webapp import clock, instruments, redis_client
+from webapp.brokers import BrokerError, get_broker
 from webapp.extensions import db
-from webapp.market_calendar import format_time, parse_time, session_for
+from webapp.market_calendar import exchange_date, format_time, parse_time, session_for
 from webapp.models import Strategy, User
 from webapp.services import broker_accounts
 from webapp.services.errors import ValidationFailed
@@ -62,7 +64,27 @@ def _price(raw: object) -> tuple[Decimal | None, str | None]:
     return value.quantize(Decimal("0.01")), None
 
 
-def validate(data: dict) -> dict:
+def _catalogue(user: User | None) -> tuple[list[str], Callable[[str, str], instruments.Instrument | None]]:
+    """Which exchanges and instruments a strategy may name: the paper list, or the broker's own list in
+    Kite mode (fetched with the user's Kite session, cached for the day)."""
+    if current_app.config["BROKER"] != "kite":
+        return instruments.exchanges(), instruments.lookup
+    account = broker_accounts.account_for(user) if user is not None else None
+
+    def lookup(exchange: str, symbol: str) -> instruments.Instrument | None:
+        if account is None or account.needs_login(clock.now()):
+            raise ValidationFailed({"symbol": "Log in with Kite first: symbols are checked against Kite's list."})
+        broker = get_broker("kite", account.id)
+        try:
+            return instruments.kite_lookup(redis_client.current(), exchange, symbol, broker.instruments,
+                                           exchange_date(clock.now()).isoformat())
+        except BrokerError as exc:
+            raise ValidationFailed({"symbol": f"Could not fetch Kite's instrument list: {exc}"}) from exc
+
+    return instruments.KITE_EXCHANGES, lookup
+
+
+def validate(data: dict, user: User | None = None) -> dict:
     """Returns the cleaned fields or raises ValidationFailed with a message per bad field."""
     if not isinstance(data, dict):
         raise ValidationFailed({"body": "Expected a JSON object."})
@@ -77,15 +99,16 @@ def validate(data: dict) -> dict:
     elif _CONTROL.search(clean["name"]):
         errors["name"] = "Use letters, digits, spaces and punctuation only."
 
+    known_exchanges, lookup = _catalogue(user)
     clean["exchange"] = (_text(data, "exchange") or "NSE").upper()
-    if clean["exchange"] not in instruments.exchanges():
-        errors["exchange"] = f"Must be one of: {', '.join(instruments.exchanges())}."
+    if clean["exchange"] not in known_exchanges:
+        errors["exchange"] = f"Must be one of: {', '.join(known_exchanges)}."
 
     clean["symbol"] = _text(data, "symbol").upper()
     if not clean["symbol"]:
         errors["symbol"] = "Required."
     elif "exchange" not in errors:
-        instrument = instruments.lookup(clean["exchange"], clean["symbol"])
+        instrument = lookup(clean["exchange"], clean["symbol"])
         if instrument is None:
             errors["symbol"] = f"{clean['symbol'][:40]} is not a known {clean['exchange']} instrument."
         else:
@@ -136,7 +159,7 @@ def get_owned(user: User, strategy_id: int) -> Strategy:
 
 
 def create(user: User, data: dict) -> Strategy:
-    clean = validate(data)
+    clean = validate(data, user)
     account = broker_accounts.account_for(user)
     strategy = Strategy(user_id=user.id, broker_account_id=account.id if account else None, **clean)
     db.session.add(strategy)
@@ -160,7 +183,7 @@ def update(strategy: Strategy, data: dict) -> Strategy:
     _ensure_editable(strategy)
     merged = {f: getattr(strategy, f) for f in FIELDS} | {k: v for k, v in data.items() if k in FIELDS}
     merged["stop_loss"] = str(merged["stop_loss"])
-    for field, value in validate(merged).items():
+    for field, value in validate(merged, strategy.user).items():
         setattr(strategy, field, value)
     db.session.commit()
     log.info("strategy updated", extra={"event": "strategy_updated", "user_id": strategy.user_id, "strategy_id": strategy.id})
