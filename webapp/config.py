@@ -70,8 +70,8 @@ class Config:
         self.ORDER_RETRY_BACKOFF = [float(x) for x in os.environ.get("ORDER_RETRY_BACKOFF", "0.2,0.5").split(",")]
         self.ORDER_CONFIRM_TIMEOUT = float(os.environ.get("ORDER_CONFIRM_TIMEOUT", "10"))
         self.LOCK_TIMEOUT_SECONDS = int(os.environ.get("LOCK_TIMEOUT_SECONDS", "120"))
-        # Market data: FEED=simulated (random walk) or csv:PATH (scripted replay).
-        self.FEED = os.environ.get("FEED", "simulated")
+        # Market data: FEED=simulated (random walk), csv:PATH (scripted replay) or kite (Kite's ticker).
+        self.FEED = os.environ.get("FEED", "kite" if self.BROKER == "kite" else "simulated")
         self.FEED_RATE = float(os.environ.get("FEED_RATE", "1"))  # ticks a second per symbol
         self.FEED_VOLATILITY = float(os.environ.get("FEED_VOLATILITY", "0.0005"))  # per tick, fraction of price
         self.FEED_SEED = int(os.environ.get("FEED_SEED", "42"))
