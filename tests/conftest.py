@@ -155,7 +155,11 @@ def processes(app, tmp_path: Path):  # type: ignore[no-untyped-def]
            "TRADING_CALENDAR": app.config["TRADING_CALENDAR"],
            "ORDER_RETRY_BACKOFF": "0.05,0.1",
            "ORDER_CONFIRM_TIMEOUT": "5",
-           "LOG_LEVEL": "INFO"}
+           "LOG_LEVEL": "INFO",
+           # The broker and feed the test's app uses (a fake Kite's addresses in Kite tests).
+           **{name: str(app.config[name]) for name in (
+               "BROKER", "FEED", "KITE_API_ROOT", "KITE_TICKER_ROOT", "KITE_TIMEOUT_SECONDS",
+               "KITE_FEED_API_KEY", "KITE_FEED_ACCESS_TOKEN", "KITE_LOGIN_URL")}}
     procs = Processes(env, tmp_path)
     yield procs
     procs.stop_all()

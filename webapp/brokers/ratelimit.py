@@ -56,11 +56,16 @@ class RateLimiter:
             waited += wait_ms / 1000
 
 
+# Calls spaced exactly one window apart here can reach the broker closer together (network jitter), so
+# every window is kept 10% longer than the broker's: 10/s becomes at most 10 in any 1.1 s.
+SAFETY = 1.1
+
+
 def parse_limits(spec: str) -> list[tuple[int, int]]:
-    """ "10/s,400/min,5000/day" → [(1000, 10), (60000, 400), (86400000, 5000)]"""
+    """ "10/s,400/min,5000/day" → [(1100, 10), (66000, 400), (95040000, 5000)] (windows in ms, with SAFETY)"""
     units = {"s": 1000, "min": 60_000, "day": 86_400_000}
     result = []
     for part in spec.split(","):
         count, _, unit = part.strip().partition("/")
-        result.append((units[unit], int(count)))
+        result.append((int(units[unit] * SAFETY), int(count)))
     return result
