@@ -234,7 +234,8 @@ class Listener:
             self.feed.subscribe(stale)
         self.conn.set(keys.LISTENER_HEARTBEAT, json.dumps({
             "time": clock.now().isoformat(), "subscribed": len(self.subscribed), "strategies": len(self.members),
-            "in_position": len(self.index), "ticks": self.ticks, "stale": sorted(self.stale)}),
+            "in_position": len(self.index), "ticks": self.ticks, "stale": sorted(self.stale),
+            "feed": getattr(self.feed, "health", {})}),
             ex=HEARTBEAT_TTL_SECONDS)
 
     def run(self, stop: list[bool]) -> None:

@@ -170,3 +170,17 @@ class TestBurst:
         assert len(fake.orders) == 30
         assert fake.throttled_times(fake.api_key) == []
         assert fake.max_rate(fake.api_key) <= 10
+
+
+def test_an_error_body_without_error_type_is_looked_up_before_a_retry(client, fake, engine):
+    """kiteconnect raises TypeError for {"status": "error"} with no error_type: the order may or may not
+    have landed, so the tag is looked up first; here it had not, and one order is placed on the retry."""
+    headers = kite_trader(client, fake, "typeerr@example.com")
+    fake.fail_next(status=500, method="POST", path="/orders", body='{"status": "error", "message": "odd"}',
+                   content_type="application/json")
+    sid = started_strategy(client, headers, buy_in=2, sell_in=120)
+    wait_status(client, headers, sid, "in_position")
+    log = orders(client, headers, sid)
+    assert [(o["attempt"], o["status"]) for o in log] == [(1, "NOT_PLACED"), (2, "COMPLETE")]
+    assert "unreadable answer" in log[0]["error"] and len(fake.orders) == 1
+    assert any(r.method == "GET" and r.path == "/orders" for r in fake.requests)  # the lookup by tag
