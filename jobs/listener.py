@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from datetime import date
 import redis
 from flask import Flask
 
+from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
 from webapp.engine.events import FAIL, STOPLOSS, Event
@@ -268,13 +268,7 @@ def main() -> None:
     # 5 ms GIL slice would let a price flush hold a breach back that long.
     sys.setswitchinterval(0.0005)
     app = create_app(process_name="listener")
-    stop: list[bool] = []
-
-    def request_stop(_signum: int, _frame: object) -> None:
-        stop.append(True)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_requested()
     conn = redis_client.connect(app.config["REDIS_URL"])
     log.info("listener starting", extra={"event": "listener_start", "feed": app.config["FEED"]})
     Listener(app, conn, get_feed(app.config)).run(stop)

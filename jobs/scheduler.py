@@ -7,13 +7,13 @@ never before its second."""
 from __future__ import annotations
 
 import logging
-import signal
 import time
 
 import redis
 from redis.exceptions import WatchError
 from rq.job import Job
 
+from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
 from webapp.engine.events import Event
@@ -108,13 +108,7 @@ def run(conn: redis.Redis, stop: list[bool]) -> None:
 
 def main() -> None:
     app = create_app(process_name="scheduler")
-    stop: list[bool] = []
-
-    def request_stop(_signum: int, _frame: object) -> None:
-        stop.append(True)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    stop = stop_requested()
     log.info("scheduler starting", extra={"event": "scheduler_start"})
     run(redis_client.connect(app.config["REDIS_URL"]), stop)
     log.info("scheduler stopped", extra={"event": "scheduler_stop"})

@@ -168,6 +168,14 @@ def processes(app, tmp_path: Path):  # type: ignore[no-untyped-def]
         print("\n".join(logfile.read_text(errors="replace").splitlines()[-60:]))
 
 
+@pytest.fixture
+def engine(processes):  # type: ignore[no-untyped-def]
+    """A real worker and scheduler for the test."""
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    return processes
+
+
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
     """Wait for a state, not for a time: returns as soon as predicate() is truthy."""
     deadline = time.monotonic() + timeout

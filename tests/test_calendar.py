@@ -106,3 +106,13 @@ def test_start_and_stop_with_the_engine_unreachable_change_nothing(tmp_path, red
     response = dead.post(f"/api/v1/strategy/{sid}/stop", headers=headers)
     assert response.status_code == 503
     assert db_row(down, Strategy, sid)["status"] == "in_position"
+
+
+def test_kite_tokens_expire_at_six_ist_the_next_morning():
+    from webapp.market_calendar import kite_token_expiry
+
+    six_tomorrow = datetime(2026, 11, 26, 6, 0, tzinfo=IST).astimezone(timezone.utc)
+    assert kite_token_expiry(datetime(2026, 11, 25, 9, 0, tzinfo=IST)) == six_tomorrow
+    assert kite_token_expiry(datetime(2026, 11, 25, 23, 59, tzinfo=IST)) == six_tomorrow
+    # A login before 06:00 lasts only until 06:00 the same morning.
+    assert kite_token_expiry(datetime(2026, 11, 26, 5, 0, tzinfo=IST)) == six_tomorrow

@@ -30,13 +30,6 @@ def app_overrides() -> dict:
     return {"TRADING_CALENDAR": "always"}
 
 
-@pytest.fixture
-def engine(processes):  # type: ignore[no-untyped-def]
-    processes.start("worker", "jobs.worker")
-    processes.start("scheduler", "jobs.scheduler")
-    return processes
-
-
 def test_scheduled_buy_then_sell(client, engine, redis_conn):
     headers = trader(client, "t@example.com")
     sid = started_strategy(client, headers, buy_in=2, sell_in=4)

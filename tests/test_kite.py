@@ -36,13 +36,6 @@ def kite_trader(client, fake, email: str) -> dict:  # type: ignore[no-untyped-de
     return headers
 
 
-@pytest.fixture
-def engine(processes):  # type: ignore[no-untyped-def]
-    processes.start("worker", "jobs.worker")
-    processes.start("scheduler", "jobs.scheduler")
-    return processes
-
-
 def test_connect_validates_through_kite(client, fake):
     headers = api_register(client, "c@example.com")
     bad = client.post("/api/v1/broker/connect", headers=headers, json={

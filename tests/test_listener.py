@@ -20,13 +20,6 @@ def app_overrides() -> dict:
     return {"TRADING_CALENDAR": "always"}
 
 
-@pytest.fixture
-def engine(processes):  # type: ignore[no-untyped-def]
-    processes.start("worker", "jobs.worker")
-    processes.start("scheduler", "jobs.scheduler")
-    return processes
-
-
 def script(tmp_path, name: str, rows: list[tuple[float, str, float]]) -> str:
     path = tmp_path / f"{name}.csv"
     path.write_text("offset_seconds,symbol,price\n" + "".join(f"{o},{s},{p}\n" for o, s, p in rows))
