@@ -34,6 +34,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     limiter.init_app(app)
 
     from webapp import models  # noqa: F401  (models must be imported for migrations)
+    from webapp.admin import bp as admin_bp
     from webapp.api import bp as api_bp
     from webapp.auth import bp as auth_bp
     from webapp.broker import bp as broker_bp
@@ -45,6 +46,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     app.register_blueprint(broker_bp)
     app.register_blueprint(strategies_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(admin_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
 
     from webapp import cli, http

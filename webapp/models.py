@@ -149,3 +149,18 @@ class AuditEvent(db.Model):
     severity: Mapped[str] = mapped_column(db.String(12), default="info")
     detail: Mapped[dict] = mapped_column(db.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
+
+
+class KillSwitch(db.Model):
+    """An admin's halt: global (user_id is None) or for one user. Active until released; while active,
+    START is refused in its scope."""
+
+    __tablename__ = "kill_switches"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int | None] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), nullable=True,
+                                                index=True)
+    reason: Mapped[str] = mapped_column(db.String(255))
+    engaged_by: Mapped[int | None] = mapped_column(db.ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    engaged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    released_by: Mapped[int | None] = mapped_column(db.ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -14,7 +14,7 @@ from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
 from webapp.models import Strategy
-from webapp.services import broker_accounts
+from webapp.services import broker_accounts, kill_switch
 from webapp.state_machine import Status, can_transition, is_running
 
 log = logging.getLogger("engine.lifecycle")
@@ -57,6 +57,9 @@ def _start(strategy: Strategy) -> str:
         db.session.refresh(strategy)
         if is_running(strategy.status):
             return "Already running."
+        halted = kill_switch.active_for(strategy.user_id)
+        if halted is not None:
+            raise StartRefused(f"Trading is halted by the admin: {halted.reason}")
         account = broker_accounts.account_for(strategy.user)
         if account is None:
             raise StartRefused("Connect a broker account first.")

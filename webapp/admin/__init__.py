@@ -1,0 +1,72 @@
+"""Admin pages: kill switch, health, users. Anyone without the admin role gets a plain 404, so the
+area does not even announce itself."""
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, jsonify, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from webapp.extensions import db
+from webapp.http import go_to
+from webapp.models import AuditEvent, User
+from webapp.services import health, kill_switch
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+@bp.before_request
+def _admins_only() -> None:
+    if not (current_user.is_authenticated and current_user.is_admin):
+        abort(404)
+
+
+@bp.get("")
+def index():  # type: ignore[no-untyped-def]
+    users = list(db.session.scalars(select(User).order_by(User.id)))
+    audit = list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(30)))
+    return render_template("admin/index.html", users=users, switches=kill_switch.active(), health=health.snapshot(),
+                           audit=audit, confirmation=kill_switch.CONFIRMATION)
+
+
+@bp.get("/health")
+def health_json():  # type: ignore[no-untyped-def]
+    return jsonify(health.snapshot())
+
+
+@bp.post("/kill")
+def kill():  # type: ignore[no-untyped-def]
+    raw_user = request.form.get("user_id", "").strip()
+    user_id = int(raw_user) if raw_user.isdigit() else None
+    if raw_user and (user_id is None or db.session.get(User, user_id) is None):
+        flash("No such user.", "error")
+        return go_to(url_for("admin.index"))
+    try:
+        stopped = kill_switch.engage(current_user, user_id, request.form.get("reason", ""),
+                                     request.form.get("confirmation", ""))
+    except kill_switch.NotConfirmed as exc:
+        flash(f"Kill switch not engaged: {exc}", "error")
+    else:
+        scope = "everyone" if user_id is None else f"user {user_id}"
+        flash(f"Kill switch engaged for {scope}: {stopped} running strategies are being stopped and squared off.",
+              "success")
+    return go_to(url_for("admin.index"))
+
+
+@bp.post("/kill/<int:switch_id>/release")
+def release(switch_id: int):  # type: ignore[no-untyped-def]
+    if kill_switch.release(current_user, switch_id) is None:
+        abort(404)
+    flash("Kill switch released: STARTs are accepted again in its scope.", "success")
+    return go_to(url_for("admin.index"))
+
+
+@bp.post("/users/<int:user_id>/<any(disable, enable):action>")
+def set_user(user_id: int, action: str):  # type: ignore[no-untyped-def]
+    user = db.session.get(User, user_id)
+    if user is None or user.id == current_user.id:
+        abort(404)
+    user.disabled = action == "disable"
+    db.session.add(AuditEvent(actor_user_id=current_user.id, subject_user_id=user.id, action=f"user_{action}d"))
+    db.session.commit()
+    flash(f"{user.email} {action}d.", "success")
+    return go_to(url_for("admin.index"))
