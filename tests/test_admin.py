@@ -48,6 +48,7 @@ def test_non_admins_get_404_on_every_admin_route(app, client):
 
 def test_kill_switch_needs_the_typed_confirmation_and_a_reason(app):
     admin = admin_client(app)
+    assert admin.post("/admin/kill", data={"reason": "x", "confirmation": "KILL"}).status_code == 400  # CSRF
     token = csrf_token(admin, "/admin")
     for form in ({"reason": "outage", "confirmation": "kill"}, {"reason": "", "confirmation": "KILL"}):
         admin.post("/admin/kill", data={**form, "csrf_token": token})

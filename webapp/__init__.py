@@ -48,6 +48,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     app.register_blueprint(api_bp)
     app.register_blueprint(admin_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
+    csrf.exempt(admin_bp)  # checked after the admin role, so non-admins see 404 everywhere
 
     from webapp import cli, http
     from webapp.market_calendar import IST

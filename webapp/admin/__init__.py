@@ -6,7 +6,7 @@ from flask import Blueprint, abort, flash, jsonify, render_template, request, ur
 from flask_login import current_user
 from sqlalchemy import select
 
-from webapp.extensions import db
+from webapp.extensions import csrf, db
 from webapp.http import go_to
 from webapp.models import AuditEvent, User
 from webapp.services import health, kill_switch
@@ -16,8 +16,12 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 @bp.before_request
 def _admins_only() -> None:
+    """The role is checked before CSRF (the blueprint is CSRF-exempt at app level), so a non-admin's post
+    gets the same 404 as a get, not a 400 that would give the route away."""
     if not (current_user.is_authenticated and current_user.is_admin):
         abort(404)
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
 
 
 @bp.get("")
