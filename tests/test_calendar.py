@@ -77,7 +77,7 @@ def test_start_and_stop_buttons_on_the_page(client, at_ist):
     assert 'id="start-button"' in page and "No orders yet" in page
     client.post("/strategies/1/start", data={"csrf_token": token})
     page = client.get("/strategies/1").get_data(as_text=True)
-    assert "Running: BUY at 09:20:00 IST" in page and 'id="stop-button"' in page and 'hx-trigger="every 5s"' in page
+    assert "Running: BUY at 09:20:00 IST" in page and 'id="stop-button"' in page and 'data-live' in page and 'hx-trigger="live-refresh"' in page
     client.post("/strategies/1/stop", data={"csrf_token": token})
     assert "Stopping." in client.get("/strategies/1").get_data(as_text=True)
 

@@ -50,13 +50,15 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
     csrf.exempt(admin_bp)  # checked after the admin role, so non-admins see 404 everywhere
 
-    from webapp import cli, http
+    from webapp import cli, http, live
     from webapp.market_calendar import IST
 
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
 
     http.init_app(app)
     cli.init_app(app)
+    if process_name == "web":
+        live.init_app(app)
 
     @login_manager.user_loader
     def load_user(user_id: str) -> models.User | None:

@@ -8,12 +8,13 @@ from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from webapp import clock
 from webapp.extensions import db
 from webapp.state_machine import Status
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return clock.now()  # the system's one clock, so stored times agree with trigger times
 
 
 Money = Numeric(14, 2, asdecimal=True)

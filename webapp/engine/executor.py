@@ -17,7 +17,7 @@ from redis.lock import Lock
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from webapp import clock, redis_client
+from webapp import clock, live, redis_client
 from webapp.brokers import Broker, OrderRequest, OrderState, get_broker
 from webapp.engine import runtime, schedule
 from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
@@ -205,6 +205,7 @@ def _publish(strategies: list[Strategy]) -> None:
             extra = {"last_price": str(strategy.entry_price)} if strategy.last_action == BUY else {}
             runtime.update(pipe, strategy, **extra)
     pipe.execute()
+    live.notify(strategies)
 
 
 def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:

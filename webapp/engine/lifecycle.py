@@ -7,7 +7,7 @@ from datetime import date
 
 from flask import current_app
 from redis.exceptions import RedisError
-from webapp import clock, redis_client
+from webapp import clock, live, redis_client
 from webapp.engine import dispatch, runtime, schedule
 from webapp.engine.events import BUY, SELL, STOP, Event
 from webapp.extensions import db
@@ -102,6 +102,7 @@ def _start(strategy: Strategy) -> str:
                 setattr(strategy, field, value)
             db.session.commit()
             raise
+    live.notify([strategy])
     log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                         "event_ids": [event.event_id for event, _ in triggers],
                                         "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat()})

@@ -42,6 +42,12 @@ def index():  # type: ignore[no-untyped-def]
     )
 
 
+@bp.get("/cards")
+def cards():  # type: ignore[no-untyped-def]
+    """The dashboard's live part, re-fetched on a push or every 5 s while polling."""
+    return render_template("strategies/_cards.html", strategies=service.list_for(current_user))
+
+
 @bp.route("/new", methods=["GET", "POST"])
 def new():  # type: ignore[no-untyped-def]
     if request.method == "POST":

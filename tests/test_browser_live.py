@@ -1,0 +1,89 @@
+"""The dashboard lives: pushed over Socket.IO (real worker and scheduler processes emitting through Redis),
+polling every 5 s when websockets are blocked, never another user's updates. Debian's chromium."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.engine_helpers import seconds_ahead
+from tests.helpers import PAPER_CREDENTIALS, PASSWORD, STRATEGY
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture
+def app_overrides() -> dict:
+    return {"TRADING_CALENDAR": "always"}
+
+
+def sign_up(page: Page, base: str, email: str) -> None:
+    page.goto(f"{base}/register")
+    page.fill("#f-email", email)
+    page.fill("#f-password", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(f"{base}/broker")
+    for field, value in PAPER_CREDENTIALS.items():
+        page.fill(f"#f-{field}", value)
+    page.click("#broker-form button[type=submit]")
+    expect(page).to_have_url(f"{base}/strategies")
+
+
+def create_and_start(page: Page, base: str, name: str, buy_in: float) -> None:
+    page.goto(f"{base}/strategies/new")
+    values = {**STRATEGY, "name": name, "buy_time": seconds_ahead(buy_in), "sell_time": seconds_ahead(600)}
+    for field in ("name", "symbol", "quantity", "buy_time", "sell_time", "stop_loss"):
+        page.fill(f"#f-{field}", str(values[field]))
+    page.click("#strategy-form button[type=submit]")
+    expect(page.locator("#start-button")).to_be_visible()
+    page.click("#start-button")
+    expect(page.locator("#status")).to_have_text("waiting entry")
+
+
+def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engine, artifacts):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    sign_up(page, live_server, "live@example.com")
+    create_and_start(page, live_server, "Live INFY", buy_in=4)
+    expect(page.locator("#live-indicator")).to_have_text("live", timeout=10_000)
+    page.evaluate("window.notReloaded = true")
+    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#order-log")).to_contain_text("COMPLETE")
+    assert page.evaluate("window.notReloaded === true")  # updated in place
+    assert page.evaluate("window.liveEvents.some(e => e.status === 'in_position')")  # and by the push
+    page.screenshot(path=str(artifacts / "live-strategy-1280x800.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(artifacts / "live-strategy-390x844.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.goto(f"{live_server}/strategies")
+    page.screenshot(path=str(artifacts / "dashboard-390x844.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(artifacts / "dashboard-1280x800.png"), full_page=True)
+
+
+def test_with_websockets_blocked_the_page_polls_and_still_updates(page, live_server, engine):
+    page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())  # every websocket refused
+    sign_up(page, live_server, "poll@example.com")
+    create_and_start(page, live_server, "Polled INFY", buy_in=3)
+    expect(page.locator("#live-indicator")).to_have_text("polling", timeout=10_000)
+    page.evaluate("window.notReloaded = true")
+    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    assert page.evaluate("window.notReloaded === true")
+    assert page.evaluate("window.liveEvents.length") == 0  # nothing came over a socket
+    expect(page.locator("#live-indicator")).to_have_text("polling")
+
+
+def test_a_user_never_receives_another_users_updates(browser, live_server, engine):
+    a_context, b_context = browser.new_context(), browser.new_context()
+    a, b = a_context.new_page(), b_context.new_page()
+    sign_up(a, live_server, "a@example.com")
+    sign_up(b, live_server, "b@example.com")
+    create_and_start(b, live_server, "B's INFY", buy_in=3)
+    a.goto(f"{live_server}/strategies")
+    expect(a.locator("#live-indicator")).to_have_text("live", timeout=10_000)
+    expect(b.locator("#live-indicator")).to_have_text("live", timeout=10_000)
+    expect(b.locator("#status")).to_have_text("in position", timeout=15_000)
+    assert b.evaluate("window.liveEvents.length") >= 1
+    assert a.evaluate("window.liveEvents.length") == 0
+    a_context.close()
+    b_context.close()
