@@ -23,11 +23,13 @@ from webapp.engine import dispatch
 from webapp.engine.events import FAIL, STOPLOSS, Event
 from webapp.engine.stop_index import StopIndex
 from webapp.feeds import Instrument, MarketFeed, Tick, get_feed
-from webapp.market_calendar import IST, is_trading_day, session_for
+from webapp.market_calendar import IST, exchange_date, is_trading_day, session_for
 from webapp.state_machine import RUNNING, Status
 
 log = logging.getLogger("listener")
 PRICE_FLUSH_SECONDS = 0.1
+CHART_SAMPLE_SECONDS = 2.0  # one chart point per symbol per 2 s: a trading day is ~11,000 points
+CHART_MAX_POINTS = 12_000
 HEARTBEAT_TTL_SECONDS = 10
 
 
@@ -54,6 +56,7 @@ class Listener:
         self.last_tick: dict[str, float] = {}
         self.pending_prices: dict[str, float] = {}
         self.stale: set[str] = set()
+        self.sampled: dict[str, float] = {}
         self.ticks = 0
 
     # --- the hot path (feed thread)
@@ -201,9 +204,17 @@ class Listener:
         if not prices:
             return
         pipe = self.conn.pipeline(transaction=False)
+        now = time.monotonic()
+        stamp, day = int(clock.epoch() * 1000), exchange_date(clock.now()).isoformat()
         for key, price in prices.items():
             exchange, symbol = key.split(":", 1)
             pipe.set(keys.last_price(exchange, symbol), price)
+            if now - self.sampled.get(key, 0.0) >= CHART_SAMPLE_SECONDS:  # the chart's series, thinned
+                self.sampled[key] = now
+                series = keys.ticks(exchange, symbol, day)
+                pipe.rpush(series, f"{stamp}:{price}")
+                pipe.ltrim(series, -CHART_MAX_POINTS, -1)
+                pipe.expire(series, 2 * 24 * 3600)
         recovered = [key for key in prices if key in self.stale]
         if recovered:
             pipe.hdel(keys.FEED_STALE, *recovered)

@@ -42,6 +42,8 @@ def create_and_start(page: Page, base: str, name: str, buy_in: float) -> None:
 
 
 def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engine, artifacts):
+    engine.env = {**engine.env, "FEED_RATE": "5"}
+    engine.start("listener", "jobs.listener")  # the simulated feed: ticks for the chart
     page.set_viewport_size({"width": 1280, "height": 800})
     sign_up(page, live_server, "live@example.com")
     create_and_start(page, live_server, "Live INFY", buy_in=4)
@@ -51,6 +53,9 @@ def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engin
     expect(page.locator("#order-log")).to_contain_text("COMPLETE")
     assert page.evaluate("window.notReloaded === true")  # updated in place
     assert page.evaluate("window.liveEvents.some(e => e.status === 'in_position')")  # and by the push
+    chart = page.locator("#price-chart")
+    expect(chart).to_have_attribute("data-markers", "1", timeout=10_000)  # the entry, drawn on the chart
+    expect(chart).not_to_have_attribute("data-points", "0", timeout=10_000)
     page.screenshot(path=str(artifacts / "live-strategy-1280x800.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(artifacts / "live-strategy-390x844.png"), full_page=True)
@@ -87,3 +92,34 @@ def test_a_user_never_receives_another_users_updates(browser, live_server, engin
     assert a.evaluate("window.liveEvents.length") == 0
     a_context.close()
     b_context.close()
+
+
+def test_admin_kill_switch_in_the_browser(browser, live_server, engine, app, artifacts):
+    from sqlalchemy import select
+
+    from tests.helpers import db_scalar, db_update
+    from webapp.models import User
+
+    trader_context, admin_context = browser.new_context(), browser.new_context(viewport={"width": 1280, "height": 800})
+    trader, admin = trader_context.new_page(), admin_context.new_page()
+    sign_up(trader, live_server, "held@example.com")
+    create_and_start(trader, live_server, "Held INFY", buy_in=2)
+    expect(trader.locator("#status")).to_have_text("in position", timeout=15_000)
+    sign_up(admin, live_server, "root@example.com")
+    db_update(app, User, db_scalar(app, select(User.id).where(User.email == "root@example.com")), is_admin=True)
+    admin.goto(f"{live_server}/admin")
+    admin.select_option("#kill-scope", label="held@example.com (#1)")
+    admin.fill("#kill-reason", "broker incident")
+    admin.fill("#kill-confirmation", "KILL")
+    admin.click("#kill-button")
+    expect(admin.locator("#kill-switch")).to_contain_text("ENGAGED for user 1")
+    expect(trader.locator("#status")).to_have_text("killed", timeout=15_000)  # pushed to the trader's page
+    expect(trader.locator("#order-log")).to_contain_text("KILL")
+    admin.screenshot(path=str(artifacts / "admin-1280x800.png"), full_page=True)
+    admin.set_viewport_size({"width": 390, "height": 844})
+    admin.screenshot(path=str(artifacts / "admin-390x844.png"), full_page=True)
+    assert admin.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    trader.click("#start-button")
+    expect(trader.locator(".flash-error")).to_contain_text("halted by the admin: broker incident")
+    trader_context.close()
+    admin_context.close()

@@ -140,3 +140,20 @@ class TestAlwaysCalendar:
     def test_any_time_of_day_is_accepted(self, client):
         headers = api_register(client, "al@example.com")
         api_strategy(client, headers, buy_time="20:00", sell_time="20:05")
+
+
+def test_dashboard_cards_show_pnl_controls_and_a_stale_feed_banner(app, client, redis_conn):
+    from webapp import keys
+    from webapp.models import Strategy
+
+    browser_login(client, "cards@example.com")
+    token = csrf_token(client, "/strategies/new")
+    client.post("/strategies/new", data={**STRATEGY, "csrf_token": token})
+    page = client.get("/strategies").get_data(as_text=True)
+    assert "START" in page and 'id="feed-stale"' not in page
+    sid = db_scalar(app, select(Strategy.id))
+    db_update(app, Strategy, sid, status="in_position", position=10)
+    redis_conn.hset(keys.FEED_STALE, "NSE:INFY", "2026-11-25T04:00:00+00:00")
+    page = client.get("/strategies/cards").get_data(as_text=True)
+    assert 'id="feed-stale"' in page and "NSE:INFY" in page
+    assert "STOP will sell 10 INFY at market now" in page and "10 of 10" in page

@@ -66,3 +66,8 @@ def rate_limit(api_key: str, kind: str, window_ms: int) -> str:
 
 def instruments_cache(exchange: str, day: str) -> str:
     return f"{PREFIX}instruments:{exchange}:{day}"
+
+
+def ticks(exchange: str, symbol: str, day: str) -> str:
+    """Today's price samples for the chart: a list of "epoch_ms:price", oldest first."""
+    return f"{PREFIX}ticks:{exchange}:{symbol}:{day}"

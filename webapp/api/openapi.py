@@ -148,6 +148,22 @@ def _errors(*codes: int) -> dict:
 BODY = {"required": True, "content": {"application/json": {"schema": STRATEGY_INPUT}}}
 ID_PARAM = [{"name": "strategy_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}]
 SECURED = [{"bearer": []}]
+CHART = {
+    "type": "object",
+    "required": ["symbol", "ticks", "markers", "stop_loss", "buy_at", "sell_at"],
+    "properties": {
+        "symbol": {"type": "string"},
+        "ticks": {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 2,
+                                             "maxItems": 2}, "description": "[epoch seconds, price]"},
+        "markers": {"type": "array", "items": {"type": "object", "required": ["t", "price", "side", "event"],
+                                               "properties": {"t": {"type": "number"}, "price": {"type": "number"},
+                                                              "side": {"type": "string"},
+                                                              "event": {"type": "string"}}}},
+        "stop_loss": {"type": "number"},
+        "buy_at": {"type": "number"},
+        "sell_at": {"type": "number"},
+    },
+}
 
 SPEC = {
     "openapi": "3.0.3",
@@ -211,6 +227,12 @@ SPEC = {
                                   **_errors(401, 404, 409, 422)}},
             "delete": {"summary": "Delete a strategy that is not running", "security": SECURED,
                        "responses": {"204": {"description": "deleted"}, **_errors(401, 404, 409)}},
+        },
+        "/api/v1/strategy/{strategy_id}/chart": {
+            "parameters": ID_PARAM,
+            "get": {"summary": "Today's price samples, buy/sell instants, stop-loss and order markers",
+                    "security": SECURED,
+                    "responses": {"200": _json(CHART, "chart data"), **_errors(401, 404)}},
         },
         "/api/v1/strategy/{strategy_id}/start": {
             "parameters": ID_PARAM,

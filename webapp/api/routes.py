@@ -149,3 +149,9 @@ def strategy_status(strategy_id: int):  # type: ignore[no-untyped-def]
 def strategy_orders(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(api_user(), strategy_id)
     return jsonify(orders=[status.order_to_dict(row) for row in status.orders(strategy)])
+
+
+@bp.get("/strategy/<int:strategy_id>/chart")
+@auth_required
+def strategy_chart(strategy_id: int):  # type: ignore[no-untyped-def]
+    return jsonify(status.chart_data(service.get_owned(api_user(), strategy_id)))

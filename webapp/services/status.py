@@ -2,13 +2,17 @@
 fresh), from the database otherwise. P&L is computed from the run's filled orders, the truth."""
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from sqlalchemy import select
 
-from webapp import redis_client
+from redis.exceptions import RedisError
+
+from webapp import clock, keys, redis_client
 from webapp.engine import runtime
 from webapp.extensions import db
+from webapp.market_calendar import exchange_date, instant, parse_time
 from webapp.models import OrderLog, Strategy
 from webapp.state_machine import is_running
 
@@ -74,3 +78,28 @@ def order_to_dict(row: OrderLog) -> dict:
         "attempt": row.attempt, "error": row.error, "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
+
+
+def stale_symbols() -> set[str]:
+    """EXCHANGE:SYMBOL keys the listener has marked stale (no ticks during market hours)."""
+    try:
+        return {key.decode() for key in redis_client.current().hkeys(keys.FEED_STALE)}
+    except RedisError:
+        return set()
+
+
+def chart_data(strategy: Strategy) -> dict:
+    """Today's price samples for the strategy's symbol, its buy/sell instants, the stop-loss line and its
+    filled orders as markers: everything the strategy page's chart draws."""
+    day = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
+    raw = redis_client.current().lrange(keys.ticks(strategy.exchange, strategy.symbol, day.isoformat()), 0, -1)
+    ticks = []
+    for item in raw:
+        stamp, _, price = item.decode().partition(":")
+        ticks.append([int(stamp) / 1000, float(price)])
+    markers = [{"t": row.updated_at.timestamp(), "price": float(row.price), "side": row.side, "event": row.event}
+               for row in _run_rows(strategy) if row.status == "COMPLETE" and row.price is not None]
+    return {"symbol": f"{strategy.exchange}:{strategy.symbol}", "ticks": ticks, "markers": markers,
+            "stop_loss": float(strategy.stop_loss),
+            "buy_at": instant(day, parse_time(strategy.buy_time)).timestamp(),
+            "sell_at": instant(day, parse_time(strategy.sell_time)).timestamp()}

@@ -33,19 +33,22 @@ def _form(strategy, errors: dict, status: int, values):  # type: ignore[no-untyp
     return render_template(template, **context), status
 
 
+def _cards_context() -> dict:
+    strategies = service.list_for(current_user)
+    return {"strategies": strategies, "states": {s.id: status.status_for(s) for s in strategies},
+            "stale": status.stale_symbols()}
+
+
 @bp.get("")
 def index():  # type: ignore[no-untyped-def]
-    return render_template(
-        "strategies/index.html",
-        strategies=service.list_for(current_user),
-        account=broker_accounts.describe(broker_accounts.account_for(current_user)),
-    )
+    return render_template("strategies/index.html", **_cards_context(),
+                           account=broker_accounts.describe(broker_accounts.account_for(current_user)))
 
 
 @bp.get("/cards")
 def cards():  # type: ignore[no-untyped-def]
     """The dashboard's live part, re-fetched on a push or every 5 s while polling."""
-    return render_template("strategies/_cards.html", strategies=service.list_for(current_user))
+    return render_template("strategies/_cards.html", **_cards_context())
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -85,7 +88,8 @@ def start(strategy_id: int):  # type: ignore[no-untyped-def]
         flash(lifecycle.start(strategy), "success")
     except (lifecycle.StartRefused, lifecycle.EngineUnavailable) as exc:
         flash(f"Not started: {exc}", "error")
-    return go_to(url_for("strategies.detail", strategy_id=strategy_id))
+    return go_to(request.form.get("back") if request.form.get("back") == url_for("strategies.index")
+                 else url_for("strategies.detail", strategy_id=strategy_id))
 
 
 @bp.post("/<int:strategy_id>/stop")
@@ -95,7 +99,8 @@ def stop(strategy_id: int):  # type: ignore[no-untyped-def]
         flash(lifecycle.request_stop(strategy), "success")
     except (lifecycle.NotRunning, lifecycle.EngineUnavailable) as exc:
         flash(str(exc), "error")
-    return go_to(url_for("strategies.detail", strategy_id=strategy_id))
+    return go_to(request.form.get("back") if request.form.get("back") == url_for("strategies.index")
+                 else url_for("strategies.detail", strategy_id=strategy_id))
 
 
 @bp.route("/<int:strategy_id>/edit", methods=["GET", "POST"])

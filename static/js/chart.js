@@ -1,0 +1,65 @@
+// The strategy page's price chart (uPlot): today's samples, the stop-loss line, buy/sell time marks and
+// entry/exit markers. Redrawn whenever the live panel refreshes (a push, or the 5 s poll).
+(function () {
+  "use strict";
+  var holder = document.getElementById("price-chart");
+  if (!holder || typeof uPlot === "undefined") return;
+  var plot = null;
+
+  function marks(u, data) {
+    var ctx = u.ctx;
+    ctx.save();
+    var stopY = u.valToPos(data.stop_loss, "y", true);  // the stop-loss, across the whole day
+    ctx.strokeStyle = "#dc2626"; ctx.setLineDash([6, 4]); ctx.beginPath();
+    ctx.moveTo(u.bbox.left, stopY); ctx.lineTo(u.bbox.left + u.bbox.width, stopY); ctx.stroke();
+    ctx.fillStyle = "#dc2626"; ctx.fillText("stop " + data.stop_loss, u.bbox.left + 4, stopY - 4);
+    [["buy", data.buy_at, "#1d4ed8"], ["sell", data.sell_at, "#7c3aed"]].forEach(function (m) {
+      var x = u.valToPos(m[1], "x", true);
+      if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
+      ctx.strokeStyle = m[2]; ctx.setLineDash([4, 4]); ctx.beginPath();
+      ctx.moveTo(x, u.bbox.top); ctx.lineTo(x, u.bbox.top + u.bbox.height); ctx.stroke();
+      ctx.fillStyle = m[2]; ctx.fillText(m[0], x + 3, u.bbox.top + 12);
+    });
+    data.markers.forEach(function (m) {
+      var x = u.valToPos(m.t, "x", true), y = u.valToPos(m.price, "y", true);
+      ctx.setLineDash([]); ctx.fillStyle = m.side === "BUY" ? "#15803d" : "#b91c1c";
+      ctx.beginPath(); ctx.arc(x, y, 5 * devicePixelRatio, 0, 2 * Math.PI); ctx.fill();
+      ctx.fillText(m.event, x + 7, y - 7);
+    });
+    ctx.restore();
+  }
+
+  function draw(data) {
+    var xs = data.ticks.map(function (t) { return t[0]; });
+    var ys = data.ticks.map(function (t) { return t[1]; });
+    var lo = Math.min(data.buy_at, xs.length ? xs[0] : data.buy_at) - 60;
+    var hi = Math.max(data.sell_at, xs.length ? xs[xs.length - 1] : data.sell_at) + 60;
+    if (!xs.length) { xs = [lo, hi]; ys = [null, null]; }
+    var prices = ys.concat(data.markers.map(function (m) { return m.price; }), [data.stop_loss]).filter(function (v) { return v != null; });
+    var pad = Math.max(1, (Math.max.apply(null, prices) - Math.min.apply(null, prices)) * 0.1);
+    var opts = {
+      width: holder.clientWidth, height: 260, legend: { show: false },
+      scales: { x: { time: true, range: [lo, hi] },
+                y: { range: [Math.min.apply(null, prices) - pad, Math.max.apply(null, prices) + pad] } },
+      tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Asia/Kolkata"); },  // exchange time
+      series: [{}, { label: data.symbol, stroke: "#0f172a", width: 1.5 }],
+      hooks: { draw: [function (u) { marks(u, data); }] },
+    };
+    if (plot) plot.destroy();
+    plot = new uPlot(opts, [xs, ys], holder);
+    holder.dataset.points = String(data.ticks.length);
+    holder.dataset.markers = String(data.markers.length);
+  }
+
+  function load() {
+    fetch(holder.dataset.src, { credentials: "same-origin" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (data) { if (data) draw(data); });
+  }
+
+  document.body.addEventListener("htmx:afterSwap", function (e) {
+    if (e.detail.target && e.detail.target.id === "strategy-panel") load();
+  });
+  window.addEventListener("resize", function () { if (plot) plot.setSize({ width: holder.clientWidth, height: 260 }); });
+  load();
+})();
