@@ -123,3 +123,28 @@ def test_admin_kill_switch_in_the_browser(browser, live_server, engine, app, art
     expect(trader.locator(".flash-error")).to_contain_text("halted by the admin: broker incident")
     trader_context.close()
     admin_context.close()
+
+
+def test_every_page_fits_a_phone(browser, live_server, app, artifacts):
+    from sqlalchemy import select
+
+    from tests.helpers import db_scalar, db_update
+    from webapp.models import User
+
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    for path in ("/login", "/register"):
+        page.goto(f"{live_server}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+    sign_up(page, live_server, "phone@example.com")
+    db_update(app, User, db_scalar(app, select(User.id)), is_admin=True)
+    create_and_start(page, live_server, "Phone INFY", buy_in=300)
+    for path in ("/strategies", "/strategies/new", "/strategies/1", "/broker", "/admin"):
+        page.goto(f"{live_server}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+        small = page.evaluate("""[...document.querySelectorAll('main button, main [role=button]')]
+            .filter(b => b.offsetParent !== null && b.getBoundingClientRect().height < 40).map(b => b.textContent)""")
+        assert small == [], (path, small)
+    page.goto(f"{live_server}/strategies/new")
+    page.screenshot(path=str(artifacts / "new-strategy-390x844.png"), full_page=True)
+    context.close()
