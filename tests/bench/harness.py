@@ -57,7 +57,11 @@ class System:
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
-            proc.wait(timeout=15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # e.g. a web process still holding websockets open
+                proc.wait()
         self.procs.clear()
 
 
