@@ -192,7 +192,7 @@ def test_new_strategy_form_errors_at_phone_width(app, live_server: str, browser:
         assert db_scalar(app, select(func.count(Strategy.id))) == 0
         page.goto(base + "/strategies")
         expect(page.locator("p.empty")).to_contain_text("No strategies yet")
-        expect(page.locator("#strategy-list")).to_have_count(0)
+        expect(page.locator("#strategy-list article.card")).to_have_count(0)
         assert problems == []
     finally:
         context.close()
