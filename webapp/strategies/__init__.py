@@ -81,6 +81,14 @@ def panel(strategy_id: int):  # type: ignore[no-untyped-def]
     return render_template("strategies/_panel.html", **_panel_context(strategy))
 
 
+def _back(strategy_id: int):  # type: ignore[no-untyped-def]
+    """After START/STOP: back to the dashboard when the button was there, else to the strategy page
+    (only those two: `back` is never an open redirect)."""
+    dashboard = url_for("strategies.index")
+    return go_to(dashboard if request.form.get("back") == dashboard
+                 else url_for("strategies.detail", strategy_id=strategy_id))
+
+
 @bp.post("/<int:strategy_id>/start")
 def start(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
@@ -88,8 +96,7 @@ def start(strategy_id: int):  # type: ignore[no-untyped-def]
         flash(lifecycle.start(strategy), "success")
     except (lifecycle.StartRefused, lifecycle.EngineUnavailable) as exc:
         flash(f"Not started: {exc}", "error")
-    return go_to(request.form.get("back") if request.form.get("back") == url_for("strategies.index")
-                 else url_for("strategies.detail", strategy_id=strategy_id))
+    return _back(strategy_id)
 
 
 @bp.post("/<int:strategy_id>/stop")
@@ -99,8 +106,7 @@ def stop(strategy_id: int):  # type: ignore[no-untyped-def]
         flash(lifecycle.request_stop(strategy), "success")
     except (lifecycle.NotRunning, lifecycle.EngineUnavailable) as exc:
         flash(str(exc), "error")
-    return go_to(request.form.get("back") if request.form.get("back") == url_for("strategies.index")
-                 else url_for("strategies.detail", strategy_id=strategy_id))
+    return _back(strategy_id)
 
 
 @bp.route("/<int:strategy_id>/edit", methods=["GET", "POST"])
