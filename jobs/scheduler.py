@@ -7,15 +7,18 @@ never before its second."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import redis
+from flask import Flask
 from redis.exceptions import WatchError
 from rq.job import Job
 
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
-from webapp.engine import dispatch
+from webapp.extensions import db
+from webapp.engine import dispatch, recovery
 from webapp.engine.events import Event
 from webapp.engine.schedule import scheduler
 
@@ -75,8 +78,25 @@ class Mover:
         return [event.event_id for event in events]
 
 
-def run(conn: redis.Redis, stop: list[bool]) -> None:
+def reconciling(app: Flask, stop: list[bool]) -> None:
+    """Rebuild Redis and triggers from the database (webapp/engine/recovery.py): at once on boot, then every
+    RECONCILE_SECONDS. On a thread of its own, so a long round never delays a trigger."""
+    while not stop:
+        with app.app_context():
+            try:
+                recovery.reconcile()
+            except Exception:  # noqa: BLE001 — Redis or the database down: the next round tries again
+                log.exception("recovery round failed", extra={"event": "recovery_failed"})
+            finally:
+                db.session.remove()
+        deadline = time.monotonic() + app.config["RECONCILE_SECONDS"]
+        while not stop and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+def run(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:
     mover = Mover(conn)
+    threading.Thread(target=reconciling, args=(app, stop), name="reconciler", daemon=True).start()
     wakeups = conn.pubsub(ignore_subscribe_messages=True)
     wakeups.subscribe(keys.SCHEDULER_WAKEUP)
     next_beat = 0.0
@@ -110,7 +130,7 @@ def main() -> None:
     app = create_app(process_name="scheduler")
     stop = stop_requested()
     log.info("scheduler starting", extra={"event": "scheduler_start"})
-    run(redis_client.connect(app.config["REDIS_URL"]), stop)
+    run(app, redis_client.connect(app.config["REDIS_URL"]), stop)
     log.info("scheduler stopped", extra={"event": "scheduler_stop"})
 
 

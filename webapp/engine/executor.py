@@ -248,6 +248,8 @@ def _failed(strategy: Strategy, event: Event, exc: Exception) -> str:
 
 
 def _reason(event: Event) -> str:
+    if event.reason:
+        return event.reason
     return {SELL: "sold at sell time", STOPLOSS: f"stop-loss hit at {event.price or 'the stop'}",
             STOP: "stopped by you", KILL: "stopped by the admin kill switch"}[event.event]
 

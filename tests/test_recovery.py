@@ -1,0 +1,76 @@
+"""Recovery with real processes, killed for real: Redis wiped (FLUSHALL) under running strategies, the
+scheduler killed across a buy time. The database is the truth; nothing is lost or doubled."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.engine_helpers import orders, started_strategy, trader, wait_status
+from webapp import keys
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def app_overrides() -> dict:
+    return {"TRADING_CALENDAR": "always"}
+
+
+@pytest.fixture
+def recovering(processes):  # type: ignore[no-untyped-def]
+    processes.env = {**processes.env, "RECONCILE_SECONDS": "1", "MISSED_ENTRY_GRACE_SECONDS": "3"}
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    return processes
+
+
+def test_a_redis_wipe_restores_every_running_strategy(client, recovering, redis_conn):
+    headers = trader(client, "wipe@example.com")
+    held = started_strategy(client, headers, buy_in=1, sell_in=9, name="held")
+    waiting = started_strategy(client, headers, buy_in=6, sell_in=10, name="waiting", symbol="TCS")
+    wait_status(client, headers, held, "in_position")
+    redis_conn.flushall()  # every trigger, runtime key and queue gone, as in a restart without persistence
+    wait_for(lambda: redis_conn.exists(keys.strategy(held), keys.strategy(waiting)) == 2, timeout=10,
+             what="runtime keys rebuilt from the database")
+    assert redis_conn.zscore(keys.symbol_strategies("INFY"), held) is not None
+    wait_status(client, headers, held, "completed", timeout=30)
+    wait_status(client, headers, waiting, "completed", timeout=30)
+    for sid in (held, waiting):
+        assert [(o["event"], o["status"]) for o in orders(client, headers, sid)] == [
+            ("BUY", "COMPLETE"), ("SELL", "COMPLETE")]
+    assert '"event": "recovery"' in recovering.log("scheduler")
+
+
+def test_a_scheduler_killed_across_the_buy_time_still_buys_within_grace(client, recovering):
+    headers = trader(client, "sched@example.com")
+    sid = started_strategy(client, headers, buy_in=2, sell_in=60)
+    recovering.kill("scheduler", signal.SIGKILL)
+    wait_for(lambda: status_past_buy(client, headers, sid), timeout=10, what="the buy time to pass")
+    recovering.start("scheduler2", "jobs.scheduler")
+    wait_status(client, headers, sid, "in_position", timeout=20)
+    assert [o["event"] for o in orders(client, headers, sid)] == ["BUY"]
+
+
+def test_a_buy_lost_beyond_the_grace_window_stops_with_missed_entry(client, recovering, redis_conn):
+    headers = trader(client, "missed@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=60)
+    recovering.kill("scheduler", signal.SIGKILL)
+    wait_for(lambda: status_past_buy(client, headers, sid, by=5), timeout=15, what="the grace window to pass")
+    redis_conn.flushall()  # the registration is gone too
+    recovering.start("scheduler2", "jobs.scheduler")
+    stopped = wait_status(client, headers, sid, "stopped", timeout=20)
+    assert stopped["status_reason"].startswith("missed entry")
+    assert orders(client, headers, sid) == []
+
+
+def status_past_buy(client, headers: dict, sid: int, by: float = 1) -> bool:  # type: ignore[no-untyped-def]
+    from datetime import timedelta
+
+    from webapp import clock
+    from webapp.market_calendar import IST
+
+    strategy = client.get(f"/api/v1/strategy/{sid}", headers=headers).json["strategy"]
+    now = (clock.now() - timedelta(seconds=by)).astimezone(IST).strftime("%H:%M:%S")
+    return now > strategy["buy_time"]
