@@ -57,12 +57,12 @@ class RateLimiter:
 
 
 # Calls spaced exactly one window apart here can reach the broker closer together (network jitter), so
-# every window is kept 10% longer than the broker's: 10/s becomes at most 10 in any 1.1 s.
-SAFETY = 1.1
+# every window is kept 20% longer than the broker's: 10/s becomes at most 10 in any 1.2 s.
+SAFETY = 1.2
 
 
 def parse_limits(spec: str) -> list[tuple[int, int]]:
-    """ "10/s,400/min,5000/day" → [(1100, 10), (66000, 400), (95040000, 5000)] (windows in ms, with SAFETY)"""
+    """ "10/s,400/min,5000/day" → [(1200, 10), (72000, 400), (103680000, 5000)] (windows in ms, with SAFETY)"""
     units = {"s": 1000, "min": 60_000, "day": 86_400_000}
     result = []
     for part in spec.split(","):
