@@ -37,7 +37,12 @@ def watch_for_errors(page: Page, allowed: tuple[tuple[str, str, int], ...] = ())
 
     page.on("console", on_console)
     page.on("pageerror", lambda exc: problems.append(f"pageerror: {exc}"))
-    page.on("requestfailed", lambda request: problems.append(f"failed: {request.method} {request.url}"))
+    def on_failed(request) -> None:  # type: ignore[no-untyped-def]
+        # A live refresh still in flight when the page navigates is cancelled by the browser: not a fault.
+        if request.failure != "net::ERR_ABORTED":
+            problems.append(f"failed: {request.method} {request.url} ({request.failure})")
+
+    page.on("requestfailed", on_failed)
     page.on("response", on_response)
     return problems
 
