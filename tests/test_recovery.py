@@ -74,3 +74,18 @@ def status_past_buy(client, headers: dict, sid: int, by: float = 1) -> bool:  # 
     strategy = client.get(f"/api/v1/strategy/{sid}", headers=headers).json["strategy"]
     now = (clock.now() - timedelta(seconds=by)).astimezone(IST).strftime("%H:%M:%S")
     return now > strategy["buy_time"]
+
+
+def test_a_strategy_running_under_an_engaged_kill_switch_is_stopped(app, client, recovering):
+    """A START that raced the kill switch's sweep is caught by the reconciler."""
+    from tests.helpers import db_scalar
+    from webapp.extensions import db
+    from webapp.models import KillSwitch, User
+
+    headers = trader(client, "raced@example.com")
+    sid = started_strategy(client, headers, buy_in=60, sell_in=120)
+    with app.app_context():
+        db.session.add(KillSwitch(user_id=db_scalar(app, db.select(User.id)), reason="drill"))
+        db.session.commit()
+    killed = wait_status(client, headers, sid, "killed", timeout=15)
+    assert killed["position"] == 0 and orders(client, headers, sid) == []

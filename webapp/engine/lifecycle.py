@@ -9,7 +9,7 @@ from flask import current_app
 from redis.exceptions import RedisError
 from webapp import clock, live, redis_client
 from webapp.engine import dispatch, runtime, schedule
-from webapp.engine.events import BUY, SELL, STOP, Event
+from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
@@ -102,6 +102,10 @@ def _start(strategy: Strategy) -> str:
                 setattr(strategy, field, value)
             db.session.commit()
             raise
+        if kill_switch.active_for(strategy.user_id) is not None:
+            # The switch was engaged while this START ran: its sweep may have missed us, so stop at once.
+            dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, today)])
+            raise StartRefused("Trading was halted by the admin while this START ran; it has been stopped.")
     live.notify([strategy])
     log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                         "event_ids": [event.event_id for event, _ in triggers],

@@ -14,11 +14,12 @@ from sqlalchemy import select
 
 from webapp import clock, redis_client
 from webapp.engine import dispatch, runtime, schedule
-from webapp.engine.events import BUY, SELL, STOP, Event
+from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock, strategy as strategy_key
 from webapp.market_calendar import instant, parse_time
 from webapp.models import OrderLog, Strategy
+from webapp.services import kill_switch
 from webapp.state_machine import RUNNING, Status
 
 log = logging.getLogger("engine.recovery")
@@ -36,11 +37,13 @@ def reconcile() -> Report:
     report = Report()
     conn = redis_client.current()
     running = list(db.session.scalars(select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]))))
+    switches = kill_switch.active()
+    halted = {s.user_id for s in switches}  # None in it: a global switch
     for strategy in running:
         with conn.lock(runtime_lock(strategy.id), timeout=30, blocking_timeout=5):
             db.session.refresh(strategy)
             if Status(strategy.status) in RUNNING and strategy.run_date:
-                _reconcile_one(conn, strategy, report)
+                _reconcile_one(conn, strategy, report, None in halted or strategy.user_id in halted)
     if report.rebuilt or report.rescheduled or report.sent_now or report.missed:
         log.warning("recovery acted", extra={"event": "recovery", "rebuilt": report.rebuilt,
                                              "rescheduled": report.rescheduled, "sent_now": report.sent_now,
@@ -48,11 +51,16 @@ def reconcile() -> Report:
     return report
 
 
-def _reconcile_one(conn, strategy: Strategy, report: Report) -> None:  # type: ignore[no-untyped-def]
+def _reconcile_one(conn, strategy: Strategy, report: Report, halted: bool) -> None:  # type: ignore[no-untyped-def]
+    run = date.fromisoformat(strategy.run_date)
+    if halted:
+        # Running under an engaged kill switch (a START that raced the switch): stop it now.
+        dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, run)])
+        report.sent_now.append(f"{strategy.id}:{KILL}")
+        return
     if not conn.exists(strategy_key(strategy.id)):
         runtime.activate(conn, strategy)
         report.rebuilt.append(strategy.id)
-    run = date.fromisoformat(strategy.run_date)
     now = clock.now()
     grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
     wanted = [(SELL, instant(run, parse_time(strategy.sell_time)))]
