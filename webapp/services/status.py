@@ -45,19 +45,29 @@ def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None,
 
 
 def status_for(strategy: Strategy) -> dict:
+    """While running, every live field comes from one Redis read (the engine writes the database first,
+    then Redis; mixing a database row read before that with Redis read after would show, say, "in
+    position" with no entry price)."""
     live, tick = {}, None
     if is_running(strategy.status):
         live, tick = runtime.read_with_price(redis_client.current(), strategy)
     last_price = Decimal(tick) if tick else (Decimal(live["last_price"]) if live.get("last_price") else None)
-    rupees, percent = pnl(strategy, last_price if strategy.position else None)
+    if live:
+        position = int(live.get("position") or 0)
+        entry = Decimal(live["entry_price"]) if live.get("entry_price") else None
+        rupees = (last_price - entry) * position if position and entry and last_price is not None else None
+        percent = (last_price - entry) / entry * 100 if rupees is not None and entry else None
+    else:
+        position, entry = strategy.position, strategy.entry_price
+        rupees, percent = pnl(strategy, last_price if position else None)
     return {
         "strategy_id": strategy.id,
         "status": live.get("status") or strategy.status,
         "source": "runtime" if live else "database",
-        "position": int(live["position"]) if live.get("position") else strategy.position,
+        "position": position,
         "last_action": live.get("last_action") or strategy.last_action,
         "last_price": _money(last_price),
-        "entry_price": _money(strategy.entry_price),
+        "entry_price": _money(entry),
         "exit_price": _money(strategy.exit_price),
         "pnl": _money(rupees),
         "pnl_percent": _money(percent),
