@@ -89,3 +89,14 @@ def test_a_strategy_running_under_an_engaged_kill_switch_is_stopped(app, client,
         db.session.commit()
     killed = wait_status(client, headers, sid, "killed", timeout=15)
     assert killed["position"] == 0 and orders(client, headers, sid) == []
+
+
+def test_a_runtime_that_drifted_from_the_database_is_rewritten_and_its_stop_loss_watched(client, recovering,
+                                                                                         redis_conn):
+    """The engine commits the database, then Redis: if that Redis write is lost, the reconciler restores it."""
+    headers = trader(client, "drift@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=120)
+    wait_status(client, headers, sid, "in_position")
+    redis_conn.hset(keys.runtime(sid), "status", "waiting_entry")  # as if the engine's Redis update failed
+    wait_for(lambda: redis_conn.hget(keys.runtime(sid), "status") == b"in_position", timeout=10,
+             what="runtime rewritten from the database")

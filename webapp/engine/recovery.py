@@ -16,7 +16,7 @@ from webapp import clock, redis_client
 from webapp.engine import dispatch, runtime, schedule
 from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
-from webapp.keys import runtime_lock, strategy as strategy_key
+from webapp.keys import runtime as runtime_key, runtime_lock, strategy as strategy_key
 from webapp.market_calendar import instant, parse_time
 from webapp.models import OrderLog, Strategy
 from webapp.services import kill_switch
@@ -58,7 +58,10 @@ def _reconcile_one(conn, strategy: Strategy, report: Report, halted: bool) -> No
         dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, run)])
         report.sent_now.append(f"{strategy.id}:{KILL}")
         return
-    if not conn.exists(strategy_key(strategy.id)):
+    live_status = conn.hget(runtime_key(strategy.id), "status")
+    if not conn.exists(strategy_key(strategy.id)) or live_status != strategy.status.encode():
+        # Missing, or drifted from the database (e.g. the engine committed but its Redis update failed):
+        # the listener must see what the database says, or an open position's stop-loss goes unwatched.
         runtime.activate(conn, strategy)
         report.rebuilt.append(strategy.id)
     now = clock.now()
