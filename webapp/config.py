@@ -76,7 +76,7 @@ class Config:
         self.FEED_VOLATILITY = float(os.environ.get("FEED_VOLATILITY", "0.0005"))  # per tick, fraction of price
         self.FEED_SEED = int(os.environ.get("FEED_SEED", "42"))
         self.FEED_STALE_SECONDS = float(os.environ.get("FEED_STALE_SECONDS", "10"))
-        self.LISTENER_RESYNC_SECONDS = float(os.environ.get("LISTENER_RESYNC_SECONDS", "5"))
+        self.LISTENER_RESYNC_SECONDS = float(os.environ.get("LISTENER_RESYNC_SECONDS", "300"))
         # Recovery: how late a BUY may still run after downtime, and how often the reconciler runs.
         self.MISSED_ENTRY_GRACE_SECONDS = float(os.environ.get("MISSED_ENTRY_GRACE_SECONDS", "60"))
         self.RECONCILE_SECONDS = float(os.environ.get("RECONCILE_SECONDS", "30"))

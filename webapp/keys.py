@@ -49,6 +49,7 @@ def paper_sequence() -> str:
 
 
 RUNTIME_CHANNEL = f"{PREFIX}runtime-changed"
+RUNTIME_SEQUENCE = f"{PREFIX}runtime-changed:seq"  # numbers the messages, so a listener sees a gap
 SCHEDULER_WAKEUP = f"{PREFIX}scheduler:wakeup"
 SCHEDULER_HEARTBEAT = f"{PREFIX}heartbeat:scheduler"
 LISTENER_HEARTBEAT = f"{PREFIX}heartbeat:listener"

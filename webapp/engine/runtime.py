@@ -63,9 +63,18 @@ def read_with_price(conn: redis.Redis, strategy: Strategy) -> tuple[dict[str, st
     return {k.decode(): v.decode() for k, v in raw.items()}, tick.decode() if tick else None
 
 
+# Numbered and sent in one step: messages then arrive in sequence order, so a listener that sees a gap
+# (or a counter that went back, as after a Redis wipe) knows it missed one and rebuilds its view.
+_PUBLISH_NUMBERED = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '{"seq": ' .. seq .. ', ' .. string.sub(ARGV[2], 2))
+return seq
+"""
+
+
 def publish(conn: Client, strategy: Strategy) -> None:
-    """"Runtime changed", for the live UI; best effort, the page also polls."""
-    conn.publish(keys.RUNTIME_CHANNEL, json.dumps({
+    """"Runtime changed": how the listener learns what to watch without a restart."""
+    conn.register_script(_PUBLISH_NUMBERED)(keys=[keys.RUNTIME_SEQUENCE], args=[keys.RUNTIME_CHANNEL, json.dumps({
         "strategy_id": strategy.id, "user_id": strategy.user_id, "symbol": strategy.symbol, "status": strategy.status,
         "position": strategy.position, "last_action": strategy.last_action,
-    }))
+    })], client=conn)
