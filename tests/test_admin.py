@@ -89,7 +89,9 @@ def test_kill_switch_stops_another_users_position_with_one_sell_and_blocks_start
 
 def test_admin_health_and_user_disable(app):
     admin = admin_client(app)
-    api_register(app.test_client(), "u2@example.com")
+    user = app.test_client()
+    headers = api_register(user, "u2@example.com")
+    assert user.get("/api/v1/strategies", headers=headers).status_code == 200  # the token is known to be good
     health = admin.get("/admin/health").json
     assert health["database"] == "ok" and health["redis"] == "ok" and "queues" in health
     token = csrf_token(admin, "/admin")
@@ -97,4 +99,5 @@ def test_admin_health_and_user_disable(app):
     admin.post(f"/admin/users/{uid}/disable", data={"csrf_token": token})
     assert app.test_client().post("/api/v1/auth/login", json={"email": "u2@example.com",
                                                               "password": PASSWORD}).status_code == 401
+    assert user.get("/api/v1/strategies", headers=headers).status_code == 401  # refused at once, not after a cache
     assert db_scalar(app, select(AuditEvent.action).where(AuditEvent.action == "user_disabled")) == "user_disabled"

@@ -62,3 +62,28 @@ def test_missing_ids_look_exactly_like_other_tenants_ids(client, missing_id):
     headers = api_register(client, "m@example.com")
     response = client.get(f"/api/v1/strategy/{missing_id}", headers=headers)
     assert response.status_code == 404 and response.json == {"error": "NOT_FOUND", "message": "Not found."}
+
+
+class TestRunningStrategies:
+    """A running strategy's status is answered from Redis without the database: the owner check there
+    must hold as well as the database's."""
+
+    @pytest.fixture
+    def app_overrides(self) -> dict:
+        return {"TRADING_CALENDAR": "always"}
+
+    def test_another_tenant_gets_404_for_a_running_strategy_and_the_owner_gets_it_live(self, app):
+        owner = app.test_client()
+        a_headers = api_register(owner, "run-a@example.com")
+        owner.post("/api/v1/broker/connect", json=PAPER_CREDENTIALS, headers=a_headers)
+        sid = api_strategy(owner, a_headers, buy_time="23:59:58", sell_time="23:59:59")
+        assert owner.post(f"/api/v1/strategy/{sid}/start", headers=a_headers).status_code == 200
+        mine = owner.get(f"/api/v1/strategy/status/{sid}", headers=a_headers)
+        assert mine.status_code == 200 and mine.json["source"] == "runtime"
+        assert mine.json["status"] == "waiting_entry"
+
+        intruder = app.test_client()
+        b_headers = api_register(intruder, "run-b@example.com")
+        assert intruder.get(f"/api/v1/strategy/status/{sid}", headers=b_headers).status_code == 404
+        browser_login(intruder, "run-c@example.com")
+        assert intruder.get(f"/api/v1/strategy/status/{sid}").status_code == 404

@@ -53,6 +53,12 @@ class System:
         self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**self.env, **env},
                                            stdout=log, stderr=subprocess.STDOUT))
 
+    def stop_module(self, module: str) -> None:
+        for proc in [p for p in self.procs if p.args[-1] == module]:
+            proc.terminate()
+            proc.wait(timeout=15)
+            self.procs.remove(proc)
+
     def stop(self) -> None:
         for proc in self.procs:
             proc.terminate()

@@ -2,7 +2,6 @@
 status API throughput, against the real gunicorn web process."""
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import statistics
@@ -127,33 +126,70 @@ def dom_latency(clients: int = 200, samples: int = 60, workers: int = 2) -> None
         print(f"  pushes received by the other sockets: {received[0]} (expected {samples * (clients - 1)})")
 
 
+def _hammer(port: int, path: str, token: str, seconds: float, connections: int) -> tuple[int, list[float], float]:
+    """Keep-alive GETs from `connections` threads with a minimal client (raw socket, Content-Length framing):
+    http.client cost this machine half a core at these rates, CPU the server then did not get. Returns
+    (requests, latencies in ms, the client's own CPU seconds)."""
+    import resource
+    import socket
+
+    request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n").encode()
+    latencies, lock = [], threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer, mine = b"", []
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            sock.sendall(request)
+            while True:
+                head_end = buffer.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    head = buffer[:head_end].lower()
+                    assert head.startswith(b"http/1.1 200"), head[:200]
+                    at = head.index(b"content-length: ") + 16
+                    total = head_end + 4 + int(head[at:head.index(b"\r\n", at)])
+                    if len(buffer) >= total:
+                        buffer = buffer[total:]
+                        break
+                buffer += sock.recv(65536)
+            mine.append((time.perf_counter() - started) * 1000)
+        sock.close()
+        with lock:
+            latencies.extend(mine)
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return len(latencies), latencies, cpu
+
+
 def status_throughput(seconds: float = 10.0, connections: int = 16, workers: int = 2) -> None:
+    """GET /api/v1/strategy/status/{id} against gunicorn, for a running strategy (answered from Redis) and
+    for a stopped one (answered from the database)."""
     with harness.system() as sysm:
         harness.make_app(sysm)
         port = free_port()
         _web(sysm, port, threads=32, workers=workers)
         _, token, sid = _trader(f"http://127.0.0.1:{port}")
-        counts, latencies, lock = [0], [], threading.Lock()
-        deadline = time.monotonic() + seconds
-
-        def client() -> None:
-            conn = http.client.HTTPConnection("127.0.0.1", port)
-            mine = []
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                conn.request("GET", f"/api/v1/strategy/status/{sid}", headers={"Authorization": f"Bearer {token}"})
-                response = conn.getresponse()
-                response.read()
-                mine.append((time.perf_counter() - started) * 1000)
-            with lock:
-                counts[0] += len(mine)
-                latencies.extend(mine)
-
-        threads = [threading.Thread(target=client) for _ in range(connections)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        print(f"status API: {counts[0] / seconds:,.0f} requests/s over {seconds:.0f} s, {connections} keep-alive "
-              f"connections, gunicorn gthread {workers} process(es) × 32 threads (client on the same 2 cores)")
-        print("  " + summary("GET /api/v1/strategy/status/{id}", latencies))
+        path = f"/api/v1/strategy/status/{sid}"
+        for phase in ("running", "stopped"):
+            if phase == "stopped":
+                sysm.spawn("jobs.worker")  # STOP is carried out by the engine
+                requests.post(f"http://127.0.0.1:{port}/api/v1/strategy/{sid}/stop",
+                              headers={"Authorization": f"Bearer {token}"})
+                harness.wait_until(lambda: requests.get(f"http://127.0.0.1:{port}{path}", headers={
+                    "Authorization": f"Bearer {token}"}).json()["status"] == "stopped", 30)
+                sysm.stop_module("jobs.worker")  # measured alone, like the running phase
+            count, latencies, cpu = _hammer(port, path, token, seconds, connections)
+            print(f"status API, {phase} strategy: {count / seconds:,.0f} requests/s over {seconds:.0f} s, "
+                  f"{connections} keep-alive connections, gunicorn gthread {workers} process(es) × 32 threads; "
+                  f"the client on the same 2 cores used {cpu / seconds:.0%} of one")
+            print("  " + summary(f"GET {path.rsplit('/', 1)[0]}/{{id}}", latencies))

@@ -6,6 +6,7 @@ from flask import Blueprint, abort, flash, jsonify, render_template, request, ur
 from flask_login import current_user
 from sqlalchemy import select
 
+from webapp.api import tokens
 from webapp.extensions import csrf, db
 from webapp.http import go_to
 from webapp.models import AuditEvent, User
@@ -72,5 +73,6 @@ def set_user(user_id: int, action: str):  # type: ignore[no-untyped-def]
     user.disabled = action == "disable"
     db.session.add(AuditEvent(actor_user_id=current_user.id, subject_user_id=user.id, action=f"user_{action}d"))
     db.session.commit()
+    tokens.forget(user.id)
     flash(f"{user.email} {action}d.", "success")
     return go_to(url_for("admin.index"))

@@ -10,7 +10,7 @@ from flask import Blueprint, g, request
 from flask_login import current_user
 
 from webapp.api import tokens
-from webapp.extensions import csrf
+from webapp.extensions import csrf, db
 from webapp.http import json_error
 from webapp.models import User
 from webapp.services.errors import ValidationFailed
@@ -20,28 +20,36 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 @bp.before_request
 def _authenticate() -> None:
-    g.api_user = None
+    g.api_user_id = None
     header = request.headers.get("Authorization", "")
     if header:
         # An Authorization header is the only credential then: a bad token never falls back to cookies.
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token:
-            g.api_user = tokens.verify(token.strip())
+            g.api_user_id = tokens.user_id(token.strip())
         return
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             csrf.protect()
         g.api_user = current_user._get_current_object()
+        g.api_user_id = g.api_user.id
+
+
+def api_user_id() -> int:
+    return g.api_user_id
 
 
 def api_user() -> User:
+    """Loaded only by routes that need the row: the status route of a running strategy does not."""
+    if "api_user" not in g:
+        g.api_user = db.session.get(User, g.api_user_id)
     return g.api_user
 
 
 def auth_required(view: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if g.get("api_user") is None:
+        if g.get("api_user_id") is None:
             response, status = json_error(401, "Log in first: send 'Authorization: Bearer <token>'.")
             response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
             return response, status

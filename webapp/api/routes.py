@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from flask import jsonify
 
-from webapp.api import api_user, auth_required, bp, json_body, tokens
+from webapp.api import api_user, api_user_id, auth_required, bp, json_body, tokens
 from webapp.api.openapi import SPEC
 from webapp.auth import login_rate_limited
 from webapp.brokers import BrokerAuthFailed
@@ -141,7 +141,8 @@ def strategy_stop(strategy_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/strategy/status/<int:strategy_id>")
 @auth_required
 def strategy_status(strategy_id: int):  # type: ignore[no-untyped-def]
-    return jsonify(status.status_for(service.get_owned(api_user(), strategy_id)))
+    fast = status.running_status(strategy_id, api_user_id()) if 0 < strategy_id <= service.MAX_ID else None
+    return jsonify(fast or status.status_for(service.get_owned(api_user(), strategy_id)))
 
 
 @bp.get("/strategy/<int:strategy_id>/orders")

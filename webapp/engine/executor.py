@@ -41,6 +41,7 @@ log = logging.getLogger("engine")
 
 EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, STOP: Status.STOPPED, KILL: Status.KILLED}
 LOCK_WAIT_SECONDS = 30
+FLAGGED = "flagged_strategies"  # session.info: other strategies this unit of work changed, to publish after commit
 
 
 class LockBusy(Exception):
@@ -154,7 +155,7 @@ def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
             changed.append(strategy)
 
     db.session.commit()  # every result with its strategy's new state
-    _publish(changed)
+    _publish(changed + db.session.info.pop(FLAGGED, []))
     return outcomes
 
 
@@ -286,9 +287,10 @@ def _mark_login_required(strategy: Strategy) -> None:
     if account is None:
         return
     account.status = "login_required"
-    others = db.session.scalars(select(Strategy).where(
+    others = list(db.session.scalars(select(Strategy).where(
         Strategy.broker_account_id == account.id, Strategy.id != strategy.id,
-        Strategy.status.in_([s.value for s in RUNNING])))
+        Strategy.status.in_([s.value for s in RUNNING]))))
+    db.session.info.setdefault(FLAGGED, []).extend(others)  # their runtime (what the status API shows) too
     for other in others:
         other.needs_attention = True
         other.status_reason = "Broker login required: log in with Kite again, or this strategy's orders will fail."

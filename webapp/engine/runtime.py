@@ -17,6 +17,9 @@ def _runtime_fields(strategy: Strategy) -> dict:
         "position": strategy.position,
         "last_action": strategy.last_action or "",
         "entry_price": str(strategy.entry_price) if strategy.entry_price is not None else "",
+        "exit_price": str(strategy.exit_price) if strategy.exit_price is not None else "",
+        "status_reason": strategy.status_reason or "",
+        "needs_attention": "1" if strategy.needs_attention else "",
         "updated_at": clock.now().isoformat(),
     }
 
@@ -70,6 +73,28 @@ local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], '{"seq": ' .. seq .. ', ' .. string.sub(ARGV[2], 2))
 return seq
 """
+
+
+# A running strategy's status in one round trip and no database read: its owner (checked by the caller),
+# the runtime hash and its symbol's last price, whose key is built here from the static hash.
+_READ_STATUS = """
+local owner, exchange, symbol = unpack(redis.call('HMGET', KEYS[1], 'user_id', 'exchange', 'symbol'))
+if not owner then return nil end
+local price_key = string.gsub(string.gsub(ARGV[1], '{exchange}', exchange), '{symbol}', symbol)
+return {owner, redis.call('HGETALL', KEYS[2]), redis.call('GET', price_key)}
+"""
+
+
+def read_running(conn: redis.Redis, strategy_id: int) -> tuple[int, dict[str, str], str | None] | None:
+    """(owner's user id, runtime hash, last price) of a running strategy, or None when it is not running."""
+    reply = conn.register_script(_READ_STATUS)(
+        keys=[keys.strategy(strategy_id), keys.runtime(strategy_id)],
+        args=[keys.last_price("{exchange}", "{symbol}")])
+    if not reply or not reply[1]:
+        return None
+    owner, flat, tick = reply
+    fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    return int(owner), fields, tick.decode() if tick else None
 
 
 def publish(conn: Client, strategy: Strategy) -> None:

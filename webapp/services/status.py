@@ -44,36 +44,67 @@ def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None,
     return rupees, (rupees / cost * 100) if cost else None
 
 
-def status_for(strategy: Strategy) -> dict:
-    """While running, every live field comes from one Redis read (the engine writes the database first,
-    then Redis; mixing a database row read before that with Redis read after would show, say, "in
-    position" with no entry price)."""
-    live, tick = {}, None
-    if is_running(strategy.status):
-        live, tick = runtime.read_with_price(redis_client.current(), strategy)
-    last_price = Decimal(tick) if tick else (Decimal(live["last_price"]) if live.get("last_price") else None)
-    if live:
-        position = int(live.get("position") or 0)
-        entry = Decimal(live["entry_price"]) if live.get("entry_price") else None
-        rupees = (last_price - entry) * position if position and entry and last_price is not None else None
-        percent = (last_price - entry) / entry * 100 if rupees is not None and entry else None
-    else:
-        position, entry = strategy.position, strategy.entry_price
-        rupees, percent = pnl(strategy, last_price if position else None)
+def _decimal(text: str | None) -> Decimal | None:
+    return Decimal(text) if text else None
+
+
+def running_status(strategy_id: int, user_id: int) -> dict | None:
+    """The status of a running strategy of this user from Redis alone (the dashboard polls this all day);
+    None when it is not running or not theirs, and the caller asks the database."""
+    found = runtime.read_running(redis_client.current(), strategy_id)
+    if found is None or found[0] != user_id:
+        return None
+    return _live_status(strategy_id, found[1], found[2])
+
+
+def _live_status(strategy_id: int, live: dict[str, str], tick: str | None) -> dict:
+    """Every field from one Redis read: the engine writes the database first, then Redis, so mixing a row
+    read before that with Redis read after could show, say, "in position" with no entry price."""
+    last_price = _decimal(tick or live.get("last_price"))
+    position = int(live.get("position") or 0)
+    entry = _decimal(live.get("entry_price"))
+    rupees = (last_price - entry) * position if position and entry and last_price is not None else None
+    percent = (last_price - entry) / entry * 100 if rupees is not None and entry else None
     return {
-        "strategy_id": strategy.id,
-        "status": live.get("status") or strategy.status,
-        "source": "runtime" if live else "database",
+        "strategy_id": strategy_id,
+        "status": live["status"],
+        "source": "runtime",
         "position": position,
-        "last_action": live.get("last_action") or strategy.last_action,
+        "last_action": live.get("last_action") or None,
         "last_price": _money(last_price),
         "entry_price": _money(entry),
+        "exit_price": _money(_decimal(live.get("exit_price"))),
+        "pnl": _money(rupees),
+        "pnl_percent": _money(percent),
+        "status_reason": live.get("status_reason") or None,
+        "needs_attention": bool(live.get("needs_attention")),
+        "updated_at": live.get("updated_at"),
+    }
+
+
+def status_for(strategy: Strategy) -> dict:
+    """From Redis while running (see _live_status), from the database otherwise."""
+    tick = None
+    if is_running(strategy.status):
+        live, tick = runtime.read_with_price(redis_client.current(), strategy)
+        if live.get("status"):
+            return _live_status(strategy.id, live, tick)
+    last_price = _decimal(tick)
+    rupees, percent = pnl(strategy, last_price if strategy.position else None)
+    return {
+        "strategy_id": strategy.id,
+        "status": strategy.status,
+        "source": "database",
+        "position": strategy.position,
+        "last_action": strategy.last_action,
+        "last_price": _money(last_price),
+        "entry_price": _money(strategy.entry_price),
         "exit_price": _money(strategy.exit_price),
         "pnl": _money(rupees),
         "pnl_percent": _money(percent),
         "status_reason": strategy.status_reason,
         "needs_attention": strategy.needs_attention,
-        "updated_at": live.get("updated_at") or strategy.updated_at.isoformat(),
+        "updated_at": strategy.updated_at.isoformat(),
     }
 
 
