@@ -48,6 +48,8 @@ def test_a_scheduler_killed_across_the_buy_time_still_buys_within_grace(client, 
     sid = started_strategy(client, headers, buy_in=2, sell_in=60)
     recovering.kill("scheduler", signal.SIGKILL)
     wait_for(lambda: status_past_buy(client, headers, sid), timeout=10, what="the buy time to pass")
+    # A grace window wider than a loaded machine's process start-up, so this checks the rule, not the timing.
+    recovering.env = {**recovering.env, "MISSED_ENTRY_GRACE_SECONDS": "15"}
     recovering.start("scheduler2", "jobs.scheduler")
     wait_status(client, headers, sid, "in_position", timeout=20)
     assert [o["event"] for o in orders(client, headers, sid)] == ["BUY"]
@@ -91,12 +93,53 @@ def test_a_strategy_running_under_an_engaged_kill_switch_is_stopped(app, client,
     assert killed["position"] == 0 and orders(client, headers, sid) == []
 
 
-def test_a_runtime_that_drifted_from_the_database_is_rewritten_and_its_stop_loss_watched(client, recovering,
-                                                                                         redis_conn):
-    """The engine commits the database, then Redis: if that Redis write is lost, the reconciler restores it."""
-    headers = trader(client, "drift@example.com")
+@pytest.mark.parametrize("corrupt", [
+    {"status": "waiting_entry"},  # as if the engine's Redis update after its commit was lost
+    {"position": "7"},
+    {"position": "lots"},
+])
+def test_a_corrupt_runtime_stops_the_strategy_squares_off_and_tells_a_human(app, client, recovering, redis_conn,
+                                                                          corrupt):
+    from sqlalchemy import select
+
+    from tests.helpers import db_scalar
+    from webapp.models import AuditEvent
+
+    headers = trader(client, "corrupt@example.com")
     sid = started_strategy(client, headers, buy_in=1, sell_in=120)
     wait_status(client, headers, sid, "in_position")
-    redis_conn.hset(keys.runtime(sid), "status", "waiting_entry")  # as if the engine's Redis update failed
-    wait_for(lambda: redis_conn.hget(keys.runtime(sid), "status") == b"in_position", timeout=10,
-             what="runtime rewritten from the database")
+    redis_conn.hset(keys.runtime(sid), mapping=corrupt)
+    stopped = wait_status(client, headers, sid, "stopped", timeout=15)
+    assert stopped["needs_attention"] and "corrupt" in stopped["status_reason"]
+    assert stopped["position"] == 0
+    # Squared off by the database's numbers: one SELL of the 10 shares held, whatever Redis claimed.
+    assert [(o["event"], o["side"], o["quantity"], o["status"]) for o in orders(client, headers, sid)] == [
+        ("BUY", "BUY", 10, "COMPLETE"), ("STOP", "SELL", 10, "COMPLETE")]
+    assert db_scalar(app, select(AuditEvent.severity).where(AuditEvent.action == "runtime_corrupt")) == "critical"
+    assert '"level": "CRITICAL"' in recovering.log("scheduler") and "runtime corrupt" in recovering.log("scheduler")
+
+
+def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag(client, processes, redis_conn):
+    """kill -9 between the broker's accept and the engine's records: the intent row says PENDING, the
+    broker has the order. Recovery resends the event; the engine looks the tag up and records the fill."""
+    from tests.engine_helpers import broker_orders, inject_faults, today_event
+    from webapp.engine.events import BUY
+
+    processes.env = {**processes.env, "RECONCILE_SECONDS": "1", "LOCK_TIMEOUT_SECONDS": "3"}
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "crash@example.com")
+    inject_faults(redis_conn, "slow_after_accept")  # the answer is held back 5 s after the order is booked
+    sid = started_strategy(client, headers, buy_in=1, sell_in=120)
+    event_id = today_event(BUY, sid).event_id
+    wait_for(lambda: broker_orders(redis_conn, event_id) == 1, timeout=10, what="the broker to accept the BUY")
+    processes.kill("worker", signal.SIGKILL)
+    assert [o["status"] for o in orders(client, headers, sid)] == ["PENDING"]
+    processes.start("worker2", "jobs.worker")
+    held = wait_status(client, headers, sid, "in_position", timeout=30)
+    assert held["position"] == 10 and held["entry_price"] is not None
+    assert broker_orders(redis_conn, event_id) == 1
+    rows = orders(client, headers, sid)
+    assert [(o["event"], o["status"]) for o in rows] == [("BUY", "COMPLETE")]
+    assert "found by tag" in rows[0]["error"]
+    assert redis_conn.hget(keys.runtime(sid), "status") == b"in_position"

@@ -5,6 +5,7 @@ tick has come), moved against the trader by the configured slippage."""
 from __future__ import annotations
 
 import re
+import time
 from decimal import Decimal
 
 import redis
@@ -31,7 +32,10 @@ ORDER_TTL_SECONDS = 3 * 24 * 3600
 PAISE = Decimal("0.01")
 
 # Faults an operator (or a test) can queue with RPUSH on keys.paper_faults(), one per placement.
-FAULTS = ("ok", "unavailable", "timeout", "timeout_after_accept", "reject", "auth")
+# slow_after_accept holds the answer back SLOW_ANSWER_SECONDS after the order is booked: a window in which
+# a drill (or a fault test) kills the worker between the broker's accept and the engine's records.
+FAULTS = ("ok", "unavailable", "timeout", "timeout_after_accept", "slow_after_accept", "reject", "auth")
+SLOW_ANSWER_SECONDS = 5.0
 
 
 class PaperBroker:
@@ -88,6 +92,8 @@ class PaperBroker:
         self._store(order, state)
         if fault == "timeout_after_accept":
             raise BrokerTimeout("paper exchange: read timed out after the order was taken (injected)")
+        if fault == "slow_after_accept":
+            time.sleep(SLOW_ANSWER_SECONDS)
         return order_id
 
     def _store(self, order: OrderRequest, state: OrderState) -> None:

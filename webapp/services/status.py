@@ -57,9 +57,17 @@ def running_status(strategy_id: int, user_id: int) -> dict | None:
     return _live_status(strategy_id, found[1], found[2])
 
 
-def _live_status(strategy_id: int, live: dict[str, str], tick: str | None) -> dict:
+def _live_status(strategy_id: int, live: dict[str, str], tick: str | None) -> dict | None:
     """Every field from one Redis read: the engine writes the database first, then Redis, so mixing a row
-    read before that with Redis read after could show, say, "in position" with no entry price."""
+    read before that with Redis read after could show, say, "in position" with no entry price. None when
+    the runtime cannot be read (corrupt: the reconciler stops such a strategy; the database answers)."""
+    try:
+        return _from_runtime(strategy_id, live, tick)
+    except (KeyError, ValueError, ArithmeticError):
+        return None
+
+
+def _from_runtime(strategy_id: int, live: dict[str, str], tick: str | None) -> dict:
     last_price = _decimal(tick or live.get("last_price"))
     position = int(live.get("position") or 0)
     entry = _decimal(live.get("entry_price"))
@@ -87,9 +95,13 @@ def status_for(strategy: Strategy) -> dict:
     tick = None
     if is_running(strategy.status):
         live, tick = runtime.read_with_price(redis_client.current(), strategy)
-        if live.get("status"):
-            return _live_status(strategy.id, live, tick)
-    last_price = _decimal(tick)
+        answer = _live_status(strategy.id, live, tick) if live else None
+        if answer is not None:
+            return answer
+    try:
+        last_price = _decimal(tick)
+    except ArithmeticError:
+        last_price = None
     rupees, percent = pnl(strategy, last_price if strategy.position else None)
     return {
         "strategy_id": strategy.id,
