@@ -18,6 +18,7 @@ from datetime import date
 import redis
 from flask import Flask
 
+from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
@@ -82,25 +83,35 @@ class Listener:
             self._fire(breaches)
 
     def _fire(self, breaches: list[tuple[int, Tick, float]]) -> None:
-        events, prices = [], {}
+        events, prices, armed = [], {}, []
         for strategy_id, tick, stop in breaches:
             member = self.members.get(strategy_id)
             if member is None:
                 continue
             event = Event.for_run(STOPLOSS, strategy_id, member.run_date, price=f"{tick.price:.2f}")
             events.append(event)
+            armed.append((event, tick.instrument.key, stop))
             prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
             self.fired.add(event.event_id)
             log.info("stop-loss breached", extra={"event": STOPLOSS, "strategy_id": strategy_id,
                                                   "event_id": event.event_id, "price": tick.price, "stop": stop})
         # One MULTI/EXEC: no worker can take the STOPLOSS before the breaching price is stored, so the
         # paper exchange fills the exit at that tick.
-        pipe = self.conn.pipeline(transaction=True)
-        for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
-            dispatch.enqueue(self.conn, batch, pipeline=pipe)
-        for key, price in prices.items():
-            pipe.set(key, price)
-        pipe.execute()
+        try:
+            pipe = self.conn.pipeline(transaction=True)
+            for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
+                dispatch.enqueue(self.conn, batch, pipeline=pipe)
+            for key, price in prices.items():
+                pipe.set(key, price)
+            pipe.execute()
+        except REDIS_DOWN as exc:
+            # Not sent: the stops go back in the index, so the next breaching tick fires them again.
+            log.error("stop-loss not sent: redis unavailable; re-armed", extra={
+                "event": STOPLOSS, "strategy_ids": [e.strategy_id for e in events], "error": str(exc)})
+            with self.lock:
+                for event, key, stop in armed:
+                    self.fired.discard(event.event_id)
+                    self.index.add(key, event.strategy_id, stop)
 
     # --- what is running (main thread)
 
@@ -119,7 +130,7 @@ class Listener:
             self.index = StopIndex()
             for member in members.values():
                 self._index(member)
-        self.sync_subscriptions()
+        self.sync_subscriptions(publish=True)
 
     def _load(self, stops: dict[int, float]) -> dict[int, Member]:
         ids = list(stops)
@@ -189,11 +200,13 @@ class Listener:
                 self.fired = {e for e in self.fired if not e.startswith(f"{sid}:")}
         self.sync_subscriptions()
 
-    def sync_subscriptions(self) -> None:
+    def sync_subscriptions(self, publish: bool = False) -> None:
+        """Subscribes and unsubscribes the feed to match the running strategies; writes the subscribed set to
+        Redis when it changed or when asked (after a resync: Redis may have been wiped)."""
         wanted = {m.instrument.key: m.instrument for m in list(self.members.values())}
         new = [i for key, i in wanted.items() if key not in self.subscribed]
         gone = [i for key, i in self.subscribed.items() if key not in wanted]
-        if not new and not gone:
+        if not new and not gone and not publish:
             return
         if gone:
             self.feed.unsubscribe(gone)
@@ -283,10 +296,19 @@ class Listener:
             ex=HEARTBEAT_TTL_SECONDS)
 
     def run(self, stop: list[bool]) -> None:
+        self.feed.start(self.on_ticks)
+        keep_running("listener", lambda: self._serve(stop), stop)
+        self.feed.stop()
+        try:
+            self.flush_prices()
+        except REDIS_DOWN:
+            pass  # prices are only for display; the next listener writes fresh ones
+
+    def _serve(self, stop: list[bool]) -> None:
+        """Subscribes, rebuilds its view, then keeps it current; run again from the top after an outage."""
         messages = self.conn.pubsub(ignore_subscribe_messages=True)
         messages.subscribe(keys.RUNTIME_CHANNEL)
         self.resync()
-        self.feed.start(self.on_ticks)
         resync_every = self.app.config["LISTENER_RESYNC_SECONDS"]
         next_flush = next_health = time.monotonic()
         next_resync = next_flush + resync_every
@@ -308,8 +330,7 @@ class Listener:
             if now >= next_resync:
                 self.resync()
                 next_resync = now + resync_every
-        self.feed.stop()
-        self.flush_prices()
+        messages.close()
 
 
 def main() -> None:

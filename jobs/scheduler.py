@@ -15,6 +15,7 @@ from flask import Flask
 from redis.exceptions import WatchError
 from rq.job import Job
 
+from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.extensions import db
@@ -85,7 +86,10 @@ def reconciling(app: Flask, stop: list[bool]) -> None:
         with app.app_context():
             try:
                 recovery.reconcile()
-            except Exception:  # noqa: BLE001 — Redis or the database down: the next round tries again
+            except REDIS_DOWN as exc:
+                log.error("recovery round skipped: redis unavailable", extra={"event": "recovery_failed",
+                                                                              "error": str(exc)})
+            except Exception:  # noqa: BLE001 — e.g. the database down: the next round tries again
                 log.exception("recovery round failed", extra={"event": "recovery_failed"})
             finally:
                 db.session.remove()
@@ -95,8 +99,12 @@ def reconciling(app: Flask, stop: list[bool]) -> None:
 
 
 def run(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:
-    mover = Mover(conn)
     threading.Thread(target=reconciling, args=(app, stop), name="reconciler", daemon=True).start()
+    keep_running("scheduler", lambda: _move_triggers(conn, stop), stop)
+
+
+def _move_triggers(conn: redis.Redis, stop: list[bool]) -> None:
+    mover = Mover(conn)
     wakeups = conn.pubsub(ignore_subscribe_messages=True)
     wakeups.subscribe(keys.SCHEDULER_WAKEUP)
     next_beat = 0.0

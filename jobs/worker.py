@@ -20,6 +20,7 @@ def main() -> None:
     worker_class = Worker if os.environ.get("RQ_WORKER_CLASS") == "fork" else SimpleWorker
     worker = worker_class([Queue(name, connection=conn) for name in QUEUES], connection=conn,
                           name=f"worker-{os.uname().nodename}-{os.getpid()}")
+    worker.max_connection_wait_time = 10.0  # RQ backs off up to 60 s by default; come back sooner after an outage
     logging.getLogger("worker").info("worker starting", extra={"event": "worker_start", "queues": list(QUEUES)})
     worker.work(logging_level=app.config["LOG_LEVEL"], with_scheduler=False)
 

@@ -5,6 +5,7 @@ import logging
 
 from flask import Flask, Response, jsonify, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
+from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
 from webapp.services.errors import ValidationFailed
@@ -72,6 +73,20 @@ def _handle_http_error(error: HTTPException):  # type: ignore[no-untyped-def]
     return response
 
 
+def _handle_redis_down(error: RedisError):  # type: ignore[no-untyped-def]
+    """Redis (the engine's queues and live state) is not answering: a clear 503, never a 500."""
+    logging.getLogger("web").error("engine unavailable", extra={"event": "engine_unavailable", "path": request.path,
+                                                                 "error": str(error)})
+    message = "The trading engine is unavailable right now; nothing was changed. Try again shortly."
+    if wants_json():
+        response = json_error(503, message)[0]
+    else:
+        response = Response(render_template("error.html", status=503, message=message))
+    response.status_code = 503
+    response.headers["Retry-After"] = "5"
+    return response
+
+
 def _handle_unexpected(error: Exception):  # type: ignore[no-untyped-def]
     if isinstance(error, HTTPException):
         return _handle_http_error(error)
@@ -105,5 +120,6 @@ def _handle_validation(error: ValidationFailed):  # type: ignore[no-untyped-def]
 def init_app(app: Flask) -> None:
     app.register_error_handler(ValidationFailed, _handle_validation)
     app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(RedisError, _handle_redis_down)
     app.register_error_handler(Exception, _handle_unexpected)
     app.after_request(_security_headers)

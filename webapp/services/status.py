@@ -98,6 +98,19 @@ def status_for(strategy: Strategy) -> dict:
         answer = _live_status(strategy.id, live, tick) if live else None
         if answer is not None:
             return answer
+    return _from_database(strategy, tick)
+
+
+def for_page(strategy: Strategy) -> dict:
+    """status_for, or while Redis is down the database's record marked engine_unavailable: the dashboard
+    says so plainly instead of failing."""
+    try:
+        return status_for(strategy)
+    except RedisError:
+        return {**_from_database(strategy, None), "engine_unavailable": True}
+
+
+def _from_database(strategy: Strategy, tick: str | None) -> dict:
     try:
         last_price = _decimal(tick)
     except ArithmeticError:

@@ -35,7 +35,7 @@ def _form(strategy, errors: dict, status: int, values):  # type: ignore[no-untyp
 
 def _cards_context() -> dict:
     strategies = service.list_for(current_user)
-    return {"strategies": strategies, "states": {s.id: status.status_for(s) for s in strategies},
+    return {"strategies": strategies, "states": {s.id: status.for_page(s) for s in strategies},
             "stale": status.stale_symbols()}
 
 
@@ -64,7 +64,7 @@ def new():  # type: ignore[no-untyped-def]
 
 
 def _panel_context(strategy) -> dict:  # type: ignore[no-untyped-def]
-    return {"strategy": strategy, "state": status.status_for(strategy), "orders": status.orders(strategy),
+    return {"strategy": strategy, "state": status.for_page(strategy), "orders": status.orders(strategy),
             "editable": is_editable(strategy.status)}
 
 
