@@ -337,8 +337,8 @@ def main() -> None:
     # Ticks and breaches run on the feed's thread beside the main thread's housekeeping; CPython's default
     # 5 ms GIL slice would let a price flush hold a breach back that long.
     sys.setswitchinterval(0.0005)
+    stop = stop_requested()  # first: a SIGTERM while booting is a clean stop too
     app = create_app(process_name="listener")
-    stop = stop_requested()
     conn = redis_client.connect(app.config["REDIS_URL"])
     log.info("listener starting", extra={"event": "listener_start", "feed": app.config["FEED"]})
     Listener(app, conn, get_feed(app.config)).run(stop)

@@ -135,8 +135,8 @@ def _move_triggers(conn: redis.Redis, stop: list[bool]) -> None:
 
 
 def main() -> None:
+    stop = stop_requested()  # first: a SIGTERM while booting is a clean stop too
     app = create_app(process_name="scheduler")
-    stop = stop_requested()
     log.info("scheduler starting", extra={"event": "scheduler_start"})
     run(app, redis_client.connect(app.config["REDIS_URL"]), stop)
     log.info("scheduler stopped", extra={"event": "scheduler_stop"})
