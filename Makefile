@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test test-fast bench chromium clean
+.PHONY: run test test-fast bench soak chromium clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-fast: $(STAMP)
 # Benchmarks print figures (median, p99, throughput) and the machine; they assert nothing.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
+
+# 1,000 users × 5 strategies through a compressed trading day (~6 min); prints a table, stops by itself.
+soak: $(STAMP)
+	$(BIN)/python -m tests.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache tests/artifacts

@@ -296,6 +296,8 @@ class Listener:
             ex=HEARTBEAT_TTL_SECONDS)
 
     def run(self, stop: list[bool]) -> None:
+        # The wall-clock start, so a replayed script's ticks can be placed in time afterwards (make soak).
+        log.info("feed started", extra={"event": "feed_start", "epoch": time.time()})
         self.feed.start(self.on_ticks)
         keep_running("listener", lambda: self._serve(stop), stop)
         self.feed.stop()

@@ -27,11 +27,17 @@ def recovering(processes):  # type: ignore[no-untyped-def]
 
 
 def test_a_redis_wipe_restores_every_running_strategy(client, recovering, redis_conn):
+    """Waiting, in position, and stopping (the STOP still queued) when Redis is wiped."""
     headers = trader(client, "wipe@example.com")
-    held = started_strategy(client, headers, buy_in=1, sell_in=9, name="held")
-    waiting = started_strategy(client, headers, buy_in=6, sell_in=10, name="waiting", symbol="TCS")
+    held = started_strategy(client, headers, buy_in=1, sell_in=12, name="held")
+    stopping = started_strategy(client, headers, buy_in=1, sell_in=60, name="stopping", symbol="SBIN")
+    waiting = started_strategy(client, headers, buy_in=7, sell_in=13, name="waiting", symbol="TCS")
     wait_status(client, headers, held, "in_position")
+    wait_status(client, headers, stopping, "in_position")
+    recovering.kill("worker", signal.SIGKILL)  # nobody takes the STOP off its queue before the wipe
+    assert client.post(f"/api/v1/strategy/{stopping}/stop", headers=headers).status_code == 202
     redis_conn.flushall()  # every trigger, runtime key and queue gone, as in a restart without persistence
+    recovering.start("worker2", "jobs.worker")
     wait_for(lambda: redis_conn.exists(keys.strategy(held), keys.strategy(waiting)) == 2, timeout=10,
              what="runtime keys rebuilt from the database")
     assert redis_conn.zscore(keys.symbol_strategies("INFY"), held) is not None
@@ -40,6 +46,9 @@ def test_a_redis_wipe_restores_every_running_strategy(client, recovering, redis_
     for sid in (held, waiting):
         assert [(o["event"], o["status"]) for o in orders(client, headers, sid)] == [
             ("BUY", "COMPLETE"), ("SELL", "COMPLETE")]
+    wait_status(client, headers, stopping, "stopped", timeout=15)
+    assert [(o["event"], o["side"], o["status"]) for o in orders(client, headers, stopping)] == [
+        ("BUY", "BUY", "COMPLETE"), ("STOP", "SELL", "COMPLETE")]
     assert '"event": "recovery"' in recovering.log("scheduler")
 
 

@@ -106,6 +106,8 @@ class Strategy(db.Model):
     last_action: Mapped[str | None] = mapped_column(db.String(16), nullable=True)
     needs_attention: Mapped[bool] = mapped_column(default=False)
     run_date: Mapped[str | None] = mapped_column(db.String(10), nullable=True)  # IST date of the current run
+    # Set when the user asks to STOP, before the STOP is queued: a queue lost with Redis is resent by recovery.
+    stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

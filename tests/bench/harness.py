@@ -44,6 +44,7 @@ class System:
         self.redis_url = redis_url
         self.database_url = database_url
         self.procs: list[subprocess.Popen] = []
+        self.redis_pid = 0
         self.env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url, "TRADING_CALENDAR": "always",
                     "INSTANCE_DIR": str(workdir / "instance"),
                     "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
@@ -82,6 +83,7 @@ def system() -> Iterator[System]:
     redis_proc = redis_server.start(port, workdir / "redis")
     sysm = System(workdir, f"redis://127.0.0.1:{port}/0",
                   os.environ.get("BENCH_DATABASE_URL", f"sqlite:///{workdir / 'bench.sqlite3'}"))
+    sysm.redis_pid = redis_proc.pid
     try:
         yield sysm
     finally:
@@ -102,7 +104,8 @@ def make_app(sysm: System):  # type: ignore[no-untyped-def]
 
 
 def create_strategies(app, users: int, per_user: int, buy_time: str, sell_time: str,  # type: ignore[no-untyped-def]
-                      symbol: str = "INFY", symbols: list[str] | None = None, stops: list[float] | None = None) -> list[int]:
+                      symbol: str = "INFY", symbols: list[str] | None = None, stops: list[float] | None = None,
+                      times: list[tuple[str, str]] | None = None) -> list[int]:
     """Bulk set-up straight into the database (set-up is not what is measured)."""
     from webapp import crypto
     from webapp.extensions import db
@@ -123,7 +126,9 @@ def create_strategies(app, users: int, per_user: int, buy_time: str, sell_time: 
                 n = len(ids)
                 strategy = Strategy(user_id=user.id, broker_account_id=account.id, name=f"b{u}-{i}",
                                     symbol=symbols[n % len(symbols)] if symbols else symbol, exchange="NSE",
-                                    instrument_token=100000 + n, quantity=1, buy_time=buy_time, sell_time=sell_time,
+                                    instrument_token=100000 + n, quantity=1,
+                                    buy_time=times[n][0] if times else buy_time,
+                                    sell_time=times[n][1] if times else sell_time,
                                     stop_loss=Decimal(str(stops[n])) if stops else Decimal("1"))
                 db.session.add(strategy)
                 db.session.flush()

@@ -88,6 +88,7 @@ def _start(strategy: Strategy) -> str:
         strategy.entry_price = strategy.exit_price = None
         strategy.status_reason = None
         strategy.needs_attention = False
+        strategy.stop_requested_at = None
         strategy.last_action = "START"
         db.session.commit()
         triggers = [(Event.for_run(BUY, strategy.id, today, buy_at), buy_at),
@@ -121,11 +122,15 @@ def request_stop(strategy: Strategy) -> str:
     conn = redis_client.current()
     run_date = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
     event = Event.for_run(STOP, strategy.id, run_date)
+    strategy.stop_requested_at = clock.now()  # durable first: recovery resends a STOP lost with Redis
+    db.session.commit()
     # The STOP is queued before the triggers go: if queueing fails, the strategy keeps its SELL.
     try:
         dispatch.enqueue(conn, [event])
         schedule.cancel(conn, strategy.id)
     except RedisError as exc:
+        strategy.stop_requested_at = None  # "nothing was changed", as the user is told
+        db.session.commit()
         raise EngineUnavailable() from exc
     log.info("stop requested", extra={"event": "STOP", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                       "event_id": event.event_id})

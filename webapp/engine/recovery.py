@@ -7,6 +7,8 @@ database says is running, under its lock (a strategy the engine is acting on is 
 - An order event whose intent row exists but never got a final answer (its worker died between the
   broker's accept and the engine's records): sent again; the engine's careful path looks the order up by
   tag before anything is placed, so an order placed just before a crash is found, not doubled.
+- A STOP the user asked for (recorded in the database first) that is still not carried out a round later:
+  its queued event was lost, so it is sent again.
 - A trigger whose time passed while nothing was scheduled: a late BUY within the grace window still runs,
   later the run stops with "missed entry"; a late SELL runs at once, closing being the safe side.
 Runs when the scheduler starts and periodically after."""
@@ -98,6 +100,14 @@ def _reconcile_one(conn, strategy: Strategy, report: Report, halted: bool) -> No
         dispatch.enqueue(conn, [event])
         report.resumed.append(event.event_id)
     now = clock.now()
+    if strategy.stop_requested_at is not None and \
+            (now - strategy.stop_requested_at).total_seconds() >= current_app.config["RECONCILE_SECONDS"]:
+        # Still running a round after the user's STOP: its queued event was lost (e.g. with Redis). Again.
+        stop = Event.for_run(STOP, strategy.id, run)
+        if not _attempted(stop.event_id):
+            dispatch.enqueue(conn, [stop])
+            report.resumed.append(stop.event_id)
+            return
     grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
     wanted = [(SELL, instant(run, parse_time(strategy.sell_time)))]
     if strategy.status == Status.WAITING_ENTRY:
