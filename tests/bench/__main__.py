@@ -12,7 +12,7 @@ def herd(strategies: int = 1000, workers: int = 2) -> None:
     """The 09:15:00 herd: every strategy has the same buy_time."""
     with harness.system() as sysm:
         app = harness.make_app(sysm)
-        lead = 4 + strategies / 150  # time to START them all before the instant
+        lead = 4 + strategies / 50  # time to START them all before the instant (~60-130 a second here)
         buy, instant = harness.ist_after(lead)
         ids = harness.create_strategies(app, strategies // 10, 10, buy, "23:59:59")
         for _ in range(workers):
@@ -73,10 +73,12 @@ def latency(events: int = 200, kinds: tuple[str, ...] = ("simple", "fork")) -> N
             time.sleep(1.5)  # let the worker come up before the first sample
             samples = []
             with app.app_context():
-                for sid in ids:
+                for k, sid in enumerate(ids):
                     sent = clock.epoch()
                     dispatch.enqueue(redis_client.current(), [Event.for_run(BUY, sid, exchange_date(clock.now()), clock.now())])
-                    harness.wait_until(lambda n=len(samples): harness.orders_placed(app) > n, 10, interval=0.005)
+                    # Wait for this order (the k+1th), then for its record (numbered just before it is written).
+                    harness.wait_until(lambda k=k: harness.orders_placed(app) > k, 10, interval=0.005)
+                    harness.wait_until(lambda s=sid: s in harness.placed_times(app, [s]), 2, interval=0.005)
                     placed = harness.placed_times(app, [sid])
                     if sid in placed:
                         samples.append((placed[sid] - sent) * 1000)

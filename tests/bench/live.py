@@ -150,7 +150,8 @@ def _hammer(port: int, path: str, token: str, seconds: float, connections: int) 
                     head = buffer[:head_end].lower()
                     assert head.startswith(b"http/1.1 200"), head[:200]
                     at = head.index(b"content-length: ") + 16
-                    total = head_end + 4 + int(head[at:head.index(b"\r\n", at)])
+                    line_end = head.find(b"\r\n", at)
+                    total = head_end + 4 + int(head[at:line_end if line_end >= 0 else len(head)])
                     if len(buffer) >= total:
                         buffer = buffer[total:]
                         break

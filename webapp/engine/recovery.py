@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 
 from flask import current_app
@@ -50,21 +50,43 @@ class Report:
         return bool(self.rebuilt or self.rescheduled or self.sent_now or self.missed or self.resumed or self.corrupt)
 
 
+@dataclass
+class Snapshot:
+    """What Redis and the order log say about one running strategy, read in bulk for a whole round."""
+    has_static: bool
+    fields: dict[str, str]
+    registered: set[str]  # trigger kinds still registered with the scheduler
+    attempts: dict[str, list[OrderLog]]  # this strategy's order-log rows by event id
+
+
+Action = tuple  # ("kill", event) ("rebuild",) ("corrupt", problem, fields) ("send", event, report list)
+#               ("register", event, at) ("missed", stop event)
+
+
 def reconcile() -> Report:
+    """One round. Everything is read in bulk (a few round trips and one query, however many strategies
+    run) and a plan worked out for each; only a strategy whose plan is not empty is locked, read again
+    and acted on, so a quiet round costs little even at 09:15 with thousands running."""
     report = Report()
     conn = redis_client.current()
-    running = list(db.session.scalars(select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]))))
-    switches = kill_switch.active()
-    halted = {s.user_id for s in switches}  # None in it: a global switch
+    running = list(db.session.scalars(select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]),
+                                                             Strategy.run_date.is_not(None))))
+    halted_users = {s.user_id for s in kill_switch.active()}  # None in it: a global switch
+    now = clock.now()
+    snapshots = _snapshots(conn, running)
     for strategy in running:
+        halted = None in halted_users or strategy.user_id in halted_users
+        if not _plan(strategy, snapshots[strategy.id], now, halted):
+            continue
         lock = conn.lock(runtime_lock(strategy.id), timeout=30)
         if not lock.acquire(blocking=False):
             report.busy.append(strategy.id)  # the engine is acting on it (or a dead worker's lock has not expired)
             continue
         try:
-            db.session.refresh(strategy)
-            if Status(strategy.status) in RUNNING and strategy.run_date:
-                _reconcile_one(conn, strategy, report, None in halted or strategy.user_id in halted)
+            db.session.refresh(strategy)  # under the lock, the plan is made again from a fresh read
+            if Status(strategy.status) in RUNNING:
+                for action in _plan(strategy, _snapshots(conn, [strategy])[strategy.id], clock.now(), halted):
+                    _act(conn, strategy, action, report)
         finally:
             lock.release()
     if report.acted():
@@ -75,59 +97,91 @@ def reconcile() -> Report:
     return report
 
 
-def _reconcile_one(conn, strategy: Strategy, report: Report, halted: bool) -> None:  # type: ignore[no-untyped-def]
+def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type: ignore[no-untyped-def]
+    pipe = conn.pipeline(transaction=False)
+    for strategy in strategies:
+        pipe.exists(strategy_key(strategy.id))
+        pipe.hgetall(runtime_key(strategy.id))
+        for kind in (BUY, SELL):
+            schedule.scheduled_at(pipe, strategy.id, kind)
+    replies = pipe.execute()
+    rows: dict[int, dict[str, list[OrderLog]]] = {s.id: {} for s in strategies}
+    ids = list(rows)
+    for first in range(0, len(ids), 5000):
+        for row in db.session.scalars(select(OrderLog).where(OrderLog.strategy_id.in_(ids[first:first + 5000]))
+                                      .order_by(OrderLog.attempt)):
+            rows[row.strategy_id].setdefault(row.event_id, []).append(row)
+    snapshots = {}
+    for n, strategy in enumerate(strategies):
+        has_static, fields, buy_at, sell_at = replies[4 * n:4 * n + 4]
+        snapshots[strategy.id] = Snapshot(
+            bool(has_static), {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
+            {kind for kind, at in ((BUY, buy_at), (SELL, sell_at)) if at is not None}, rows[strategy.id])
+    return snapshots
+
+
+def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> list[Action]:
+    """What recovery must do for this strategy now: the rules, in one place."""
     run = date.fromisoformat(strategy.run_date)
     if halted:
         # Running under an engaged kill switch (a START that raced the switch): stop it now.
-        dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, run)])
-        report.sent_now.append(f"{strategy.id}:{KILL}")
-        return
-    pipe = conn.pipeline(transaction=False)
-    pipe.exists(strategy_key(strategy.id))
-    pipe.hgetall(runtime_key(strategy.id))
-    has_static, fields = pipe.execute()
-    if not has_static and not fields:
-        runtime.activate(conn, strategy)  # wiped: rebuilt from the database
-        report.rebuilt.append(strategy.id)
+        return [("kill", Event.for_run(KILL, strategy.id, run))]
+    actions: list[Action] = []
+    if not snap.has_static and not snap.fields:
+        actions.append(("rebuild",))  # wiped: rebuilt from the database
     else:
-        problem = corruption(strategy, bool(has_static), {k.decode(): v.decode(errors="replace")
-                                                          for k, v in fields.items()})
+        problem = corruption(strategy, snap.has_static, snap.fields)
         if problem:
-            _stop_corrupt(conn, strategy, run, problem, fields)
-            report.corrupt.append(strategy.id)
-            return
-    for event in _unfinished(strategy, run):
-        dispatch.enqueue(conn, [event])
-        report.resumed.append(event.event_id)
-    now = clock.now()
+            return [("corrupt", problem, snap.fields)]
+    today = f":{run:%Y%m%d}"
+    for event_id, attempts in snap.attempts.items():
+        if event_id.endswith(today) and not any(row.status in RESOLVED for row in attempts) \
+                and event_may_act(attempts[0].event, strategy.status):
+            # Attempted, never answered: its worker died. The engine looks the tag up before placing again.
+            actions.append(("send", Event.for_run(attempts[0].event, strategy.id, run), "resumed"))
     if strategy.stop_requested_at is not None and \
             (now - strategy.stop_requested_at).total_seconds() >= current_app.config["RECONCILE_SECONDS"]:
         # Still running a round after the user's STOP: its queued event was lost (e.g. with Redis). Again.
         stop = Event.for_run(STOP, strategy.id, run)
-        if not _attempted(stop.event_id):
-            dispatch.enqueue(conn, [stop])
-            report.resumed.append(stop.event_id)
-            return
+        if stop.event_id not in snap.attempts:
+            return actions + [("send", stop, "resumed")]
     grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
     wanted = [(SELL, instant(run, parse_time(strategy.sell_time)))]
     if strategy.status == Status.WAITING_ENTRY:
         wanted.insert(0, (BUY, instant(run, parse_time(strategy.buy_time))))
     for kind, at in wanted:
         event = Event.for_run(kind, strategy.id, run, at)
-        if schedule.scheduled_at(conn, strategy.id, kind) is not None or _attempted(event.event_id):
+        if kind in snap.registered or event.event_id in snap.attempts:
             continue  # still registered, or already acted on (the engine owns it from there)
         if at > now:
-            schedule.register(conn, event, at)
-            report.rescheduled.append(event.event_id)
+            actions.append(("register", event, at))
         elif kind == SELL or (now - at).total_seconds() <= grace:
             if kind == SELL and strategy.status != Status.IN_POSITION:
                 continue  # nothing to close: the missed BUY decides this run
-            dispatch.enqueue(conn, [event])
-            report.sent_now.append(event.event_id)
+            actions.append(("send", event, "sent_now"))
         else:
-            dispatch.enqueue(conn, [Event.for_run(STOP, strategy.id, run, reason="missed entry: the system was "
-                                                  f"down at the buy time {strategy.buy_time} IST")])
+            actions.append(("missed", Event.for_run(STOP, strategy.id, run, reason=(
+                f"missed entry: the system was down at the buy time {strategy.buy_time} IST"))))
+    return actions
+
+
+def _act(conn, strategy: Strategy, action: Action, report: Report) -> None:  # type: ignore[no-untyped-def]
+    kind = action[0]
+    if kind == "rebuild":
+        runtime.activate(conn, strategy)
+        report.rebuilt.append(strategy.id)
+    elif kind == "corrupt":
+        _stop_corrupt(conn, strategy, action[1], action[2])
+        report.corrupt.append(strategy.id)
+    elif kind == "register":
+        schedule.register(conn, action[1], action[2])
+        report.rescheduled.append(action[1].event_id)
+    else:  # kill, send, missed: an event for the engine
+        dispatch.enqueue(conn, [action[1]])
+        if kind == "missed":
             report.missed.append(strategy.id)
+        else:
+            getattr(report, action[2] if kind == "send" else "sent_now").append(action[1].event_id)
 
 
 RUNTIME_FIELDS = ("status", "position", "last_action", "entry_price", "updated_at")
@@ -154,7 +208,7 @@ def corruption(strategy: Strategy, has_static: bool, fields: dict[str, str]) -> 
     return None
 
 
-def _stop_corrupt(conn, strategy: Strategy, run: date, problem: str, raw: dict) -> None:  # type: ignore[no-untyped-def]
+def _stop_corrupt(conn, strategy: Strategy, problem: str, fields: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     reason = (f"Stopped by recovery: its live state was corrupt ({problem}). The database's record was kept"
               + (f" and its position of {strategy.position} squared off." if strategy.position else "."))
     log.critical("runtime corrupt: stopping the strategy", extra={
@@ -162,8 +216,7 @@ def _stop_corrupt(conn, strategy: Strategy, run: date, problem: str, raw: dict) 
         "database_status": strategy.status, "database_position": strategy.position})
     db.session.add(AuditEvent(subject_user_id=strategy.user_id, strategy_id=strategy.id, action="runtime_corrupt",
                               severity="critical", detail={
-                                  "problem": problem, "runtime": {k.decode(errors="replace"): v.decode(errors="replace")
-                                                                  for k, v in raw.items()},
+                                  "problem": problem, "runtime": fields,
                                   "database": {"status": strategy.status, "position": strategy.position}}))
     strategy.needs_attention = True
     strategy.status_reason = reason
@@ -171,20 +224,5 @@ def _stop_corrupt(conn, strategy: Strategy, run: date, problem: str, raw: dict) 
     # The database's view goes back into Redis first, so the listener guards the real position until the
     # STOP has squared it off.
     runtime.activate(conn, strategy)
-    dispatch.enqueue(conn, [Event.for_run(STOP, strategy.id, run, reason=reason)])
+    dispatch.enqueue(conn, [Event.for_run(STOP, strategy.id, date.fromisoformat(strategy.run_date), reason=reason)])
     live.notify([strategy])
-
-
-def _unfinished(strategy: Strategy, run: date) -> list[Event]:
-    """This run's order events that have attempts but no final answer, and may still act."""
-    rows = db.session.scalars(select(OrderLog).where(
-        OrderLog.strategy_id == strategy.id, OrderLog.event_id.like(f"%:{run:%Y%m%d}")).order_by(OrderLog.attempt))
-    by_event: dict[str, list[OrderLog]] = {}
-    for row in rows:
-        by_event.setdefault(row.event_id, []).append(row)
-    return [Event.for_run(attempts[0].event, strategy.id, run) for attempts in by_event.values()
-            if not any(row.status in RESOLVED for row in attempts) and event_may_act(attempts[0].event, strategy.status)]
-
-
-def _attempted(event_id: str) -> bool:
-    return db.session.scalar(select(OrderLog.id).where(OrderLog.event_id == event_id).limit(1)) is not None

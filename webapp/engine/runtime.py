@@ -7,7 +7,7 @@ import json
 import redis
 from redis.client import Pipeline
 
-from webapp import clock, keys
+from webapp import clock, keys, redis_client
 from webapp.models import Strategy
 
 
@@ -87,9 +87,9 @@ return {owner, redis.call('HGETALL', KEYS[2]), redis.call('GET', price_key)}
 
 def read_running(conn: redis.Redis, strategy_id: int) -> tuple[int, dict[str, str], str | None] | None:
     """(owner's user id, runtime hash, last price) of a running strategy, or None when it is not running."""
-    reply = conn.register_script(_READ_STATUS)(
+    reply = redis_client.script(conn, _READ_STATUS)(
         keys=[keys.strategy(strategy_id), keys.runtime(strategy_id)],
-        args=[keys.last_price("{exchange}", "{symbol}")])
+        args=[keys.last_price("{exchange}", "{symbol}")], client=conn)
     if not reply or not reply[1]:
         return None
     owner, flat, tick = reply
@@ -99,7 +99,7 @@ def read_running(conn: redis.Redis, strategy_id: int) -> tuple[int, dict[str, st
 
 def publish(conn: Client, strategy: Strategy) -> None:
     """"Runtime changed": how the listener learns what to watch without a restart."""
-    conn.register_script(_PUBLISH_NUMBERED)(keys=[keys.RUNTIME_SEQUENCE], args=[keys.RUNTIME_CHANNEL, json.dumps({
+    redis_client.script(conn, _PUBLISH_NUMBERED)(keys=[keys.RUNTIME_SEQUENCE], args=[keys.RUNTIME_CHANNEL, json.dumps({
         "strategy_id": strategy.id, "user_id": strategy.user_id, "symbol": strategy.symbol, "status": strategy.status,
         "position": strategy.position, "last_action": strategy.last_action,
     })], client=conn)

@@ -35,5 +35,6 @@ def cancel(conn: redis.Redis | Pipeline, strategy_id: int) -> None:
     conn.zrem(Scheduler.scheduled_jobs_key, *(keys.schedule_job_id(strategy_id, kind) for kind in (BUY, SELL)))
 
 
-def scheduled_at(conn: redis.Redis, strategy_id: int, kind: str) -> float | None:
+def scheduled_at(conn: redis.Redis | Pipeline, strategy_id: int, kind: str) -> float | None:
+    """The registration's instant (epoch seconds), or None; on a pipeline, queued for its execute()."""
     return conn.zscore(Scheduler.scheduled_jobs_key, keys.schedule_job_id(strategy_id, kind))
