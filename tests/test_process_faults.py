@@ -64,13 +64,17 @@ def test_two_workers_and_two_listeners_place_one_exit_per_breached_strategy(clie
     safe = started_strategy(client, headers, buy_in=1, sell_in=120, name="tcs", symbol="TCS", stop_loss="1000")
     for sid in breached + [safe]:
         wait_status(client, headers, sid, "in_position")
+    for name in ("worker", "worker2"):  # no exit until both listeners have fired: every breach is sent twice
+        processes.kill(name, signal.SIGTERM)
     processes.start("listener", "jobs.listener")
-    processes.start("listener2", "jobs.listener")  # both see every breach and both fire
+    processes.start("listener2", "jobs.listener")
+    wait_for(lambda: (processes.log("listener") + processes.log("listener2")).count("stop-loss breached") == 8,
+             timeout=30, what="both listeners to fire all four")
+    for name in ("worker3", "worker4"):  # two workers take the doubled STOPLOSS events at once
+        processes.start(name, "jobs.worker")
     for sid in breached:
         wait_status(client, headers, sid, "stopped_loss", timeout=30)
         assert [o["event"] for o in orders(client, headers, sid)] == ["BUY", STOPLOSS]
         assert broker_orders(redis_conn, today_event(STOPLOSS, sid).event_id) == 1
-    wait_for(lambda: (processes.log("listener") + processes.log("listener2")).count("stop-loss breached") == 8,
-             what="both listeners to fire all four")
     assert wait_status(client, headers, safe, "in_position", timeout=1)["position"] == 10
     assert [o["event"] for o in orders(client, headers, safe)] == ["BUY"]
