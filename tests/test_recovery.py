@@ -152,3 +152,21 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
     assert [(o["event"], o["status"]) for o in rows] == [("BUY", "COMPLETE")]
     assert "found by tag" in rows[0]["error"]
     assert redis_conn.hget(keys.runtime(sid), "status") == b"in_position"
+
+
+def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(client, processes, redis_conn):
+    """The broker never took the first attempt and the retry would come after the grace window (here 0 s):
+    no late entry, the run fails with nothing placed."""
+    from tests.engine_helpers import broker_orders, inject_faults, today_event
+    from webapp.engine.events import BUY
+
+    processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "0"}
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "late@example.com")
+    inject_faults(redis_conn, "timeout")  # read timed out before the broker took it
+    sid = started_strategy(client, headers, buy_in=1, sell_in=60)
+    failed = wait_status(client, headers, sid, "failed", timeout=20)
+    assert failed["status_reason"].startswith("missed entry") and failed["position"] == 0
+    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
+    assert [o["status"] for o in orders(client, headers, sid)] == ["NOT_PLACED"]

@@ -155,7 +155,7 @@ def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
             changed.append(strategy)
 
     db.session.commit()  # every result with its strategy's new state
-    _publish(changed + db.session.info.pop(FLAGGED, []))
+    _publish(changed, db.session.info.pop(FLAGGED, []))
     return outcomes
 
 
@@ -195,7 +195,10 @@ def _broker(strategy: Strategy) -> Broker:
     return get_broker(current_app.config["BROKER"], strategy.broker_account_id or 0)
 
 
-def _publish(strategies: list[Strategy]) -> None:
+def _publish(strategies: list[Strategy], flagged: list[Strategy]) -> None:
+    """Redis after the database. `flagged` are other strategies whose attention flag this unit of work set
+    without holding their locks: only that flag is written, never their status or position, which another
+    worker may be changing right now."""
     conn = redis_client.current()
     pipe = conn.pipeline(transaction=False)
     for strategy in strategies:
@@ -205,8 +208,10 @@ def _publish(strategies: list[Strategy]) -> None:
         else:
             extra = {"last_price": str(strategy.entry_price)} if strategy.last_action == BUY else {}
             runtime.update(pipe, strategy, **extra)
+    for other in flagged:
+        runtime.flag(pipe, other)
     pipe.execute()
-    live.notify(strategies)
+    live.notify(strategies + flagged)
 
 
 def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:

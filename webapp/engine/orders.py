@@ -21,7 +21,7 @@ from webapp.brokers import (
     OrderRequest,
     OrderState,
 )
-from webapp.engine.events import Event
+from webapp.engine.events import BUY, Event
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy, utcnow
 
@@ -165,6 +165,12 @@ def place(broker: Broker, strategy: Strategy, event: Event, request: OrderReques
             ambiguous = None
         if attempts >= max_attempts:
             raise OrderFailed(f"{request.side} failed after {attempts} attempts: {last_error}")
+        late = (utcnow() - event.instant).total_seconds()
+        if event.event == BUY and attempts and late > current_app.config["MISSED_ENTRY_GRACE_SECONDS"]:
+            # A BUY resent long after its time (its worker died, recovery found no order): the same rule as
+            # a missed trigger. Entering late is a trade the user did not ask for.
+            raise OrderFailed(f"missed entry: the BUY was not placed within "
+                              f"{current_app.config['MISSED_ENTRY_GRACE_SECONDS']:.0f} s of the buy time")
         if attempts:
             time.sleep(backoff[min(attempts - 1, len(backoff) - 1)])
         attempts += 1

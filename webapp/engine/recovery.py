@@ -138,7 +138,9 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         if event_id.endswith(today) and not any(row.status in RESOLVED for row in attempts) \
                 and event_may_act(attempts[0].event, strategy.status):
             # Attempted, never answered: its worker died. The engine looks the tag up before placing again.
-            actions.append(("send", Event.for_run(attempts[0].event, strategy.id, run), "resumed"))
+            # A BUY keeps its buy time, so the engine will not enter late if the order is not found.
+            at = instant(run, parse_time(strategy.buy_time)) if attempts[0].event == BUY else None
+            actions.append(("send", Event.for_run(attempts[0].event, strategy.id, run, at), "resumed"))
     if strategy.stop_requested_at is not None and \
             (now - strategy.stop_requested_at).total_seconds() >= current_app.config["RECONCILE_SECONDS"]:
         # Still running a round after the user's STOP: its queued event was lost (e.g. with Redis). Again.

@@ -18,10 +18,13 @@ def _runtime_fields(strategy: Strategy) -> dict:
         "last_action": strategy.last_action or "",
         "entry_price": str(strategy.entry_price) if strategy.entry_price is not None else "",
         "exit_price": str(strategy.exit_price) if strategy.exit_price is not None else "",
-        "status_reason": strategy.status_reason or "",
-        "needs_attention": "1" if strategy.needs_attention else "",
+        **_attention(strategy),
         "updated_at": clock.now().isoformat(),
     }
+
+
+def _attention(strategy: Strategy) -> dict[str, str]:
+    return {"status_reason": strategy.status_reason or "", "needs_attention": "1" if strategy.needs_attention else ""}
 
 
 def activate(conn: redis.Redis, strategy: Strategy) -> None:
@@ -47,6 +50,21 @@ Client = redis.Redis | Pipeline  # a pipeline batches a whole engine batch's upd
 def update(conn: Client, strategy: Strategy, **extra: object) -> None:
     conn.hset(keys.runtime(strategy.id), mapping={**_runtime_fields(strategy), **extra})
     publish(conn, strategy)
+
+
+# Only into a runtime hash that exists: a strategy that ended meanwhile must not get a half hash back.
+_FLAG_IF_RUNNING = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'status_reason', ARGV[1], 'needs_attention', ARGV[2])
+end
+"""
+
+
+def flag(conn: Client, strategy: Strategy) -> None:
+    """The attention flag and its reason, and nothing else: the caller does not hold this strategy's lock."""
+    fields = _attention(strategy)
+    redis_client.script(conn, _FLAG_IF_RUNNING)(keys=[keys.runtime(strategy.id)], args=[
+        fields["status_reason"], fields["needs_attention"]], client=conn)
 
 
 def deactivate(conn: Client, strategy: Strategy) -> None:
