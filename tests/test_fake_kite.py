@@ -1,18 +1,23 @@
 """The fake Kite (tests/fake_kite) proven through the REAL kiteconnect clients: every route the app uses, each
-fault control mapped to the exception kiteconnect raises, Kite's 10 orders/s limit, and KiteTicker ticks."""
+fault control mapped to the exception kiteconnect raises, Kite's 10 orders/s limit, Kite's 2026 market
+protection rule, latency, partial fills, postbacks, and KiteTicker ticks."""
 from __future__ import annotations
 
 import hashlib
 import json
 import queue
+import re
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -20,11 +25,22 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kex
 
 from tests.fake_kite import FakeKite
+from tests.fake_kite.rest import _Handler
+from tests.fake_kite.ticker import wait
 
 ROOT = Path(__file__).resolve().parent.parent
 KITE_CSV_HEADER = ("instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,lot_size,"
                    "instrument_type,segment,exchange")
 INFY, RELIANCE, SBIN, NIFTY = 408065, 738561, 779521, 256265
+NO_PROTECTION = ("Market orders without market protection are not allowed via API. Please set market protection or "
+                 "use a Limit order.")
+POSTBACK_FIELDS = {  # Kite's postback payload, field for field
+    "user_id", "unfilled_quantity", "app_id", "checksum", "placed_by", "order_id", "exchange_order_id",
+    "parent_order_id", "status", "status_message", "status_message_raw", "order_timestamp",
+    "exchange_update_timestamp", "exchange_timestamp", "variety", "exchange", "tradingsymbol", "instrument_token",
+    "order_type", "transaction_type", "validity", "product", "quantity", "disclosed_quantity", "price",
+    "trigger_price", "average_price", "filled_quantity", "pending_quantity", "cancelled_quantity",
+    "market_protection", "meta", "tag", "guid"}
 
 
 @pytest.fixture
@@ -37,10 +53,19 @@ def kite(fake: FakeKite, **kwargs: Any) -> KiteConnect:
     return KiteConnect(fake.api_key, access_token=fake.access_token, root=fake.rest_url, **kwargs)
 
 
-def buy(client: KiteConnect, tag: str, symbol: str = "INFY", quantity: int = 1, **kwargs: Any) -> str:
+def buy(client: KiteConnect, tag: str, symbol: str = "INFY", quantity: int = 1,
+        market_protection: float | str | None = -1, **kwargs: Any) -> str:
+    """A MARKET BUY with Kite's automatic market protection (None: without, which Kite refuses since 2026)."""
     return client.place_order(variety=KiteConnect.VARIETY_REGULAR, exchange="NSE", tradingsymbol=symbol,
                               transaction_type="BUY", quantity=quantity, product="MIS",
-                              order_type=kwargs.pop("order_type", "MARKET"), tag=tag, **kwargs)
+                              order_type=kwargs.pop("order_type", "MARKET"), tag=tag,
+                              market_protection=market_protection, **kwargs)
+
+
+def elapsed(call: Callable[[], object]) -> float:
+    started = time.monotonic()
+    call()
+    return time.monotonic() - started
 
 
 # --- session and profile ---------------------------------------------------------------------------------
@@ -130,6 +155,80 @@ def test_reject_next_order_returns_an_id_then_rejected(fake: FakeKite) -> None:
     assert client.order_history(buy(client, "rich"))[-1]["status"] == "COMPLETE"  # only the next one
 
 
+@pytest.mark.parametrize(("order_type", "market_protection", "extra"), [
+    ("MARKET", None, {}), ("MARKET", 0, {}), ("SL-M", None, {"trigger_price": 1400.0}),
+])
+def test_market_orders_without_market_protection_are_refused(fake: FakeKite, order_type: str,
+                                                             market_protection: int | None, extra: dict) -> None:
+    with pytest.raises(kex.InputException) as refused:
+        buy(kite(fake), "bare", order_type=order_type, market_protection=market_protection, **extra)
+    assert str(refused.value) == NO_PROTECTION and refused.value.code == 400
+    assert fake.orders == [] and fake.placements[-1]["order_id"] is None
+
+
+def test_refusal_is_kites_envelope_on_the_wire(fake: FakeKite) -> None:
+    raw = requests.post(f"{fake.rest_url}/orders/regular", timeout=2,
+                        headers={"Authorization": f"token {fake.api_key}:{fake.access_token}"},
+                        data={"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY",
+                              "quantity": 1, "product": "MIS", "order_type": "MARKET"})
+    assert raw.status_code == 400 and raw.headers["Content-Type"] == "application/json"
+    assert raw.json() == {"status": "error", "message": NO_PROTECTION, "data": None, "error_type": "InputException"}
+
+
+@pytest.mark.parametrize("market_protection", [150, -5, "abc", 100.5, "nan"])
+def test_out_of_range_market_protection_is_invalid(fake: FakeKite, market_protection: object) -> None:
+    with pytest.raises(kex.InputException, match=r"^Invalid `market_protection`\.$") as invalid:
+        buy(kite(fake), "odd", market_protection=market_protection)
+    assert invalid.value.code == 400 and fake.orders == []
+
+
+def test_market_protection_and_algo_id_are_recorded(fake: FakeKite) -> None:
+    client = kite(fake)
+    auto = buy(client, "auto", algo_id="ALGO42")
+    custom = buy(client, "custom", market_protection=2.5)
+    full = buy(client, "full", market_protection=100)
+    limit = buy(client, "limit", order_type="LIMIT", price=99999.0, market_protection=None)  # LIMIT needs none
+    assert [fake.order(o)["status"] for o in (auto, custom, full, limit)] == ["COMPLETE"] * 4
+    assert [fake.order(o)["market_protection"] for o in (auto, custom, full, limit)] == [-1, 2.5, 100, 0]
+    assert fake.order(auto)["algo_id"] == "ALGO42" and "algo_id" not in fake.order(custom)
+    assert client.order_history(custom)[-1]["market_protection"] == 2.5
+    # What the client sent, per placement: a test of the app asserts every order carried these.
+    assert [p["order_id"] for p in fake.placements] == [auto, custom, full, limit]
+    assert all(p["api_key"] == fake.api_key for p in fake.placements)
+    assert [p["params"].get("market_protection") for p in fake.placements] == ["-1", "2.5", "100", None]
+    assert fake.placements[0]["params"]["algo_id"] == "ALGO42" and fake.placements[0]["params"]["tag"] == "auto"
+
+
+def test_fill_delay_reports_open_then_complete() -> None:
+    with FakeKite(fill_delay=0.3) as fake:
+        client = kite(fake)
+        order_id = buy(client, "slow")
+        assert client.order_history(order_id)[-1]["status"] == "OPEN"
+        assert wait(lambda: client.order_history(order_id)[-1]["status"] == "COMPLETE", 3.0)
+        assert [h["status"] for h in client.order_history(order_id)][-2:] == ["OPEN", "COMPLETE"]
+        # Cancelled while it waits: it never fills.
+        cancelled = buy(client, "undone")
+        client.cancel_order(KiteConnect.VARIETY_REGULAR, cancelled)
+        time.sleep(0.45)
+        assert (fake.order(cancelled)["status"], fake.order(cancelled)["filled_quantity"]) == ("CANCELLED", 0)
+
+
+def test_partial_fill_next_fills_part_then_cancels_the_rest(fake: FakeKite) -> None:
+    client = kite(fake)
+    fake.set_price("NSE", "INFY", 1500.0)
+    fake.partial_fill_next(3, n=2)
+    first = client.order_history(buy(client, "part1", quantity=10))[-1]
+    assert (first["status"], first["filled_quantity"], first["cancelled_quantity"], first["pending_quantity"]) == \
+        ("CANCELLED", 3, 7, 0)
+    assert first["average_price"] == 1500.0 and "market protection" in first["status_message"]
+    assert sum(t["quantity"] for t in client.order_trades(first["order_id"])) == 3
+    assert client.order_history(buy(client, "part2", quantity=2))[-1]["filled_quantity"] == 2  # 3 >= 2: all of it
+    fake.partial_fill_next(1, message="IOC cancelled")
+    third = client.order_history(buy(client, "part3", quantity=4))[-1]
+    assert (third["status"], third["filled_quantity"], third["status_message"]) == ("CANCELLED", 1, "IOC cancelled")
+    assert client.order_history(buy(client, "whole", quantity=4))[-1]["status"] == "COMPLETE"  # only the next n
+
+
 # --- market data -----------------------------------------------------------------------------------------
 def test_instruments_csv_parses(fake: FakeKite) -> None:
     raw = requests.get(f"{fake.rest_url}/instruments/NSE", timeout=2)
@@ -191,6 +290,28 @@ def test_fail_next_can_target_a_route(fake: FakeKite) -> None:
     assert client.ltp("NSE:INFY")["NSE:INFY"]["last_price"]
 
 
+def test_fail_next_can_fail_order_history_of_any_id_but_not_placement(fake: FakeKite) -> None:
+    client = kite(fake)
+    fake.fail_next(1, status=500, method="GET", path="/orders/")
+    order_id = buy(client, "follow")  # POST /orders/regular is not a GET
+    assert client.orders()[0]["order_id"] == order_id  # nor is the list under /orders/
+    with pytest.raises(kex.GeneralException) as failed:
+        client.order_history(order_id)
+    assert type(failed.value) is kex.GeneralException and failed.value.code == 500
+    assert client.order_history(order_id)[-1]["status"] == "COMPLETE"  # only the next one
+
+
+def test_fail_next_can_fail_only_the_order_list(fake: FakeKite) -> None:
+    client = kite(fake)
+    fake.fail_next(1, status=500, method="GET", path=re.compile("/orders"))
+    order_id = buy(client, "listed")
+    assert client.order_history(order_id)[-1]["status"] == "COMPLETE"  # /orders/{id} is not the list
+    with pytest.raises(kex.GeneralException) as failed:
+        client.orders()
+    assert failed.value.code == 500
+    assert [o["order_id"] for o in client.orders()] == [order_id]
+
+
 def test_expire_token_gives_token_exception_until_a_new_session(fake: FakeKite) -> None:
     client, old = kite(fake), fake.access_token
     fake.expire_token()
@@ -241,7 +362,7 @@ def test_more_than_10_orders_in_a_second_get_429(fake: FakeKite) -> None:
     raw = requests.post(f"{fake.rest_url}/orders/regular", timeout=2,
                         headers={"Authorization": f"token {fake.api_key}:{fake.access_token}"},
                         data={"exchange": "NSE", "tradingsymbol": "INFY", "transaction_type": "BUY",
-                              "quantity": 1, "product": "MIS", "order_type": "MARKET"})
+                              "quantity": 1, "product": "MIS", "order_type": "MARKET", "market_protection": -1})
     assert raw.status_code == 429 and raw.headers["Content-Type"] == "application/json"
     assert raw.json() == {"status": "error", "error_type": "NetworkException", "message": "Too many requests",
                           "data": None}
@@ -250,7 +371,156 @@ def test_more_than_10_orders_in_a_second_get_429(fake: FakeKite) -> None:
     assert client.order_history(buy(client, "after"))[-1]["status"] == "COMPLETE"
 
 
-# --- ticker ----------------------------------------------------------------------------------------------
+# --- latency ---------------------------------------------------------------------------------------------
+def test_latency_holds_every_answer_but_serves_requests_in_parallel(fake: FakeKite) -> None:
+    client = kite(fake)
+    fake.set_latency(0.25)
+    assert 0.25 <= elapsed(client.profile) < 0.6
+    fake.fail_next(1, status=500, method="GET", path="/user/profile")
+
+    def refused() -> None:
+        with pytest.raises(kex.GeneralException):
+            client.profile()
+    assert elapsed(refused) >= 0.25  # errors wait too
+
+    # 120 clients at once: served together (one after another would take 30 s).
+    clients = [kite(fake) for _ in range(120)]
+    with ThreadPoolExecutor(len(clients)) as pool:
+        started = time.monotonic()
+        profiles = list(pool.map(lambda c: c.profile(), clients))
+        took = time.monotonic() - started
+    assert len(profiles) == 120 and took < 2.0
+
+    fake.set_latency(0.1, jitter=0.05)
+    assert all(0.05 <= elapsed(client.profile) < 0.4 for _ in range(5))
+    fake.set_latency(0.0)
+    assert elapsed(client.profile) < 0.1
+
+
+def test_answers_do_not_wait_out_delayed_ack(fake: FakeKite) -> None:
+    assert _Handler.disable_nagle_algorithm is True
+    client = kite(fake)
+    client.profile()  # the kept-alive connection is open
+    # Each answer stalling ~44 ms on delayed ACK would take over 1.7 s here.
+    assert elapsed(lambda: [client.profile() for _ in range(40)]) < 0.8
+
+
+# --- postbacks -------------------------------------------------------------------------------------------
+class _PostbackReceiver(BaseHTTPRequestHandler):
+    """The app's postback endpoint, as small as it gets."""
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    server: "_PostbackServer"
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.put((self.headers["Content-Type"], json.loads(body), time.monotonic()))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        pass
+
+
+class _PostbackServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _PostbackReceiver)
+        self.received: queue.Queue[tuple[str, dict, float]] = queue.Queue()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/kite/postback"
+
+    def next(self, timeout: float = 5.0) -> dict:
+        content_type, payload, _ = self.received.get(timeout=timeout)
+        assert content_type == "application/json"
+        return payload
+
+
+@pytest.fixture
+def receiver() -> Iterator[_PostbackServer]:
+    server = _PostbackServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_buy_posts_complete_with_a_checksum_that_verifies(fake: FakeKite, receiver: _PostbackServer) -> None:
+    client = kite(fake)
+    fake.set_postback_url(receiver.url)
+    fake.set_price("NSE", "INFY", 1601.1)
+    order_id = buy(client, "pb1", quantity=2, algo_id="ALGO42")
+    payload = receiver.next()
+    assert set(payload) == POSTBACK_FIELDS
+    assert (payload["status"], payload["order_id"], payload["tag"]) == ("COMPLETE", order_id, "pb1")
+    assert (payload["filled_quantity"], payload["unfilled_quantity"], payload["average_price"]) == (2, 0, 1601.1)
+    assert payload["user_id"] == fake.account.user_id and payload["market_protection"] == -1
+    expected = hashlib.sha256((order_id + payload["order_timestamp"] + fake.api_secret).encode()).hexdigest()
+    assert payload["checksum"] == expected
+    assert fake.wait_for_postbacks(1) and fake.postbacks == [(payload, 200)]
+
+    fake.reject_next_order("RMS: blocked")
+    rejected_id = buy(client, "pb2")
+    rejected = receiver.next()
+    assert (rejected["order_id"], rejected["status"], rejected["status_message"]) == \
+        (rejected_id, "REJECTED", "RMS: blocked")
+
+
+def test_partial_fill_then_cancel_posts_update_then_cancelled(receiver: _PostbackServer) -> None:
+    with FakeKite(fill_delay=0.3, postback_url=receiver.url) as fake:
+        client = kite(fake)
+        fake.set_price("NSE", "SBIN", 820.0)
+        fake.partial_fill_next(3)
+        order_id = buy(client, "pb3", symbol="SBIN", quantity=10)
+        assert client.order_history(order_id)[-1]["status"] == "OPEN"  # fill_delay: nothing posted yet
+        update, cancelled = receiver.next(), receiver.next()
+        assert (update["order_id"], update["status"], update["filled_quantity"], update["pending_quantity"]) == \
+            (order_id, "UPDATE", 3, 7)
+        assert (cancelled["order_id"], cancelled["status"], cancelled["filled_quantity"],
+                cancelled["cancelled_quantity"], cancelled["pending_quantity"]) == (order_id, "CANCELLED", 3, 7, 0)
+        assert cancelled["average_price"] == 820.0 and cancelled["status_message"]
+        assert fake.wait_for_postbacks(2) and [outcome for _, outcome in fake.postbacks] == [200, 200]
+
+        # A modification posts UPDATE too (Kite's word for it); the fill then posts COMPLETE.
+        fake.auto_fill = False
+        held = buy(client, "pb4", symbol="SBIN", quantity=2)
+        client.modify_order(KiteConnect.VARIETY_REGULAR, held, quantity=3)
+        modified = receiver.next()
+        assert (modified["order_id"], modified["status"], modified["quantity"]) == (held, "UPDATE", 3)
+        fake.fill_order(held)
+        assert receiver.next()["status"] == "COMPLETE"
+
+
+def test_drop_postbacks_drops_the_next_ones(fake: FakeKite, receiver: _PostbackServer) -> None:
+    client = kite(fake)
+    fake.set_postback_url(receiver.url)
+    fake.drop_postbacks(1)
+    lost, delivered = buy(client, "lost"), buy(client, "kept")
+    assert receiver.next()["order_id"] == delivered
+    assert fake.wait_for_postbacks(2)
+    assert [(p["order_id"], outcome) for p, outcome in fake.postbacks] == [(lost, "dropped"), (delivered, 200)]
+    assert receiver.received.empty()
+
+
+def test_postbacks_never_hold_the_answer_and_failures_are_recorded(receiver: _PostbackServer) -> None:
+    with FakeKite(postback_url=receiver.url, postback_delay=0.4) as fake:
+        client = kite(fake)
+        started = time.monotonic()
+        order_id = buy(client, "later")
+        assert time.monotonic() - started < 0.3
+        _, payload, arrived = receiver.received.get(timeout=5)
+        assert payload["order_id"] == order_id and arrived - started >= 0.4
+
+        with socket.socket() as probe:  # a port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            nobody = f"http://127.0.0.1:{probe.getsockname()[1]}/postback"
+        fake.postback_delay = 0.0
+        fake.set_postback_url(nobody)
+        buy(client, "unheard")
+        assert fake.wait_for_postbacks(2)
+        assert "ConnectionRefused" in str(fake.postbacks[-1][1])
 TICKER_CLIENT = textwrap.dedent("""
     import json, sys
     from kiteconnect import KiteTicker

@@ -5,7 +5,8 @@
 
     with FakeKite(stall_seconds=1.0) as fake:
         kite = KiteConnect(fake.api_key, access_token=fake.access_token, root=fake.rest_url, timeout=0.3)
-        order_id = kite.place_order("regular", "NSE", "INFY", "BUY", 1, "MIS", "MARKET", tag="s1")
+        order_id = kite.place_order("regular", "NSE", "INFY", "BUY", 1, "MIS", "MARKET", tag="s1",
+                                    market_protection=-1)  # Kite refuses MARKET/SL-M orders without it
         assert kite.order_history(order_id)[-1]["status"] == "COMPLETE"
 
 REST (`fake.rest_url`, http://127.0.0.1:PORT): /session/token, /user/profile, /user/margins, /orders (place,
@@ -13,12 +14,17 @@ modify, cancel, list, history, trades), /trades, /portfolio/positions|holdings, 
 /quote, /quote/ohlc, /quote/ltp; plus /connect/login (stands in for kite.zerodha.com's login page).
 Ticker (`fake.ws_url`, ws://127.0.0.1:PORT2): see tests.fake_kite.ticker.
 
-Control methods (in-process only): fail_next, time_out_next_request, time_out_next_order_after_accept,
-reject_next_order, expire_token, drop_ticker_connections, drop_rest_connections, set_price, tick,
-fill_order / cancel_order / reject_order (with auto_fill=False), orders / history, order_post_times,
-throttled_times, max_rate, requests_per_second, requests, wait_for_subscription, wait_for_orders, reset.
+Postbacks: FakeKite(postback_url=...) POSTs Kite's postback JSON on COMPLETE, CANCELLED, REJECTED, and UPDATE
+(a partial fill or a modification), from one sender thread; order updates also go out on the ticker.
 
-As a process: `python -m tests.fake_kite --port 9100 --ws-port 9101` (prints the URLs and env lines).
+Control methods (in-process only): fail_next, time_out_next_request, time_out_next_order_after_accept,
+reject_next_order, partial_fill_next, expire_token, drop_ticker_connections, drop_rest_connections,
+set_latency, set_postback_url, drop_postbacks, set_price, tick, fill_order / cancel_order / reject_order
+(with auto_fill=False), orders / order / history, placements, postbacks, order_post_times, throttled_times,
+max_rate, requests_per_second, requests, wait_for_subscription, wait_for_orders, wait_for_postbacks, reset.
+
+As a process: `python -m tests.fake_kite --port 9100 --ws-port 9101` (prints the URLs and env lines; see
+tests.fake_kite.__main__ for --latency, --fill-delay, --postback-url).
 """
 from tests.fake_kite.core import IST, Account, FakeKite, RequestRecord
 from tests.fake_kite.instruments import DEFAULT_INSTRUMENTS, Instrument, MarketData, load_csv

@@ -4,8 +4,20 @@
     BROKER=kite KITE_API_ROOT=http://127.0.0.1:9100 KITE_TICKER_ROOT=ws://127.0.0.1:9101 \
         KITE_LOGIN_URL=http://127.0.0.1:9100/connect/login make run
 
-It prints its URLs and the account's credentials, then serves until SIGINT/SIGTERM. `--walk SECONDS` moves
-every price a little each SECONDS and ticks it, so charts and triggers have something to do."""
+It prints its URLs and the account's credentials, then serves until SIGINT/SIGTERM. Options that make it
+behave like the real Kite under load:
+
+    --latency SECONDS         every REST answer leaves this long after the request (e.g. 0.05); requests are
+                              served in parallel meanwhile
+    --latency-jitter SECONDS  plus or minus up to this much, uniformly, per answer
+    --fill-delay SECONDS      an order stays OPEN this long before it fills (COMPLETE)
+    --postback-url URL        POST every order update there as Kite's postback JSON (COMPLETE, CANCELLED,
+                              REJECTED; UPDATE for a partial fill or a modification), checksum signed with
+                              the account's api_secret
+    --walk SECONDS            move every price a little each SECONDS and tick it, so charts and triggers have
+                              something to do
+
+MARKET and SL-M orders must carry market_protection (-1 or 0 < x <= 100), as on Kite since 2026."""
 from __future__ import annotations
 
 import argparse
@@ -32,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redirect-url", default=None,
                         help="where /connect/login sends the browser back with request_token (the app's callback)")
     parser.add_argument("--instruments", default=None, help="a CSV in Kite's dump layout (default: built-in list)")
-    parser.add_argument("--fill-delay", type=float, default=0.0, help="seconds an order stays OPEN before filling")
+    parser.add_argument("--fill-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds an order stays OPEN before filling")
+    parser.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                        help="seconds every REST answer is held")
+    parser.add_argument("--latency-jitter", type=float, default=0.0, metavar="SECONDS",
+                        help="± seconds of uniform jitter on --latency")
+    parser.add_argument("--postback-url", default=None, metavar="URL",
+                        help="where to POST order postbacks (default: none)")
     parser.add_argument("--stall-seconds", type=float, default=8.0)
     parser.add_argument("--no-order-limit", action="store_true", help="do not enforce Kite's 10 orders/s")
     parser.add_argument("--walk", type=float, default=0.0, help="random-walk and tick prices every SECONDS")
@@ -44,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     instruments = load_csv(args.instruments) if args.instruments else DEFAULT_INSTRUMENTS
     fake = FakeKite([account], instruments, host=args.host, port=args.port, ws_port=args.ws_port,
                     fill_delay=args.fill_delay, stall_seconds=args.stall_seconds, verbose=args.verbose,
-                    order_limits=() if args.no_order_limit else ORDER_LIMITS)
+                    order_limits=() if args.no_order_limit else ORDER_LIMITS, postback_url=args.postback_url)
+    fake.set_latency(args.latency, args.latency_jitter)
     fake.start()
     print(f"fake kite REST   {fake.rest_url}", flush=True)
     print(f"fake kite ticker {fake.ws_url}", flush=True)

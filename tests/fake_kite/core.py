@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import html
 import itertools
+import random
 import re
 import secrets
 import string
@@ -18,7 +20,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tests.fake_kite.instruments import DEFAULT_INSTRUMENTS, Instrument, MarketData, render_csv
-from tests.fake_kite.rest import CSV, Request, Response, RestServer, error, ok
+from tests.fake_kite.rest import CSV, PostbackSender, Request, Response, RestServer, error, ok
 from tests.fake_kite.ticker import TickerConnection, TickerServer, wait
 
 IST = timezone(timedelta(hours=5, minutes=30))
@@ -40,14 +42,34 @@ DEFAULT_FAULTS = {
 TOKEN_MESSAGE = "Incorrect `api_key` or `access_token`."
 RMS_MESSAGE = ("RMS:Margin Exceeds,Required:15205.00, Available:1000.00 for entity account-{user_id} across "
                "exchange across segment across product ")
+# Kite's answer, since 2026, to a MARKET or SL-M order placed through the API without market protection.
+MARKET_PROTECTION_REQUIRED = ("Market orders without market protection are not allowed via API. Please set market "
+                              "protection or use a Limit order.")
+# What the exchange says when it cancels what a protected MARKET (or IOC) order could not fill.
+PARTIAL_CANCEL_MESSAGE = ("The order was cancelled by the exchange because the remaining quantity could not be "
+                          "filled within the market protection range.")
 
 VARIETIES = ("regular", "amo", "co", "iceberg", "auction")
 ORDER_TYPES = ("MARKET", "LIMIT", "SL", "SL-M")
 PRODUCTS = ("CNC", "MIS", "NRML", "CO", "MTF")
 WORKING = ("OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED")  # states an order can still fill or be cancelled from
 PUSHED = ("OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED", "UPDATE")
+FINAL = ("COMPLETE", "CANCELLED", "REJECTED")  # each sends a postback; partial fills and modifications send UPDATE
+POSTBACK_FIELDS = (
+    "user_id", "unfilled_quantity", "app_id", "checksum", "placed_by", "order_id", "exchange_order_id",
+    "parent_order_id", "status", "status_message", "status_message_raw", "order_timestamp",
+    "exchange_update_timestamp", "exchange_timestamp", "variety", "exchange", "tradingsymbol", "instrument_token",
+    "order_type", "transaction_type", "validity", "product", "quantity", "disclosed_quantity", "price",
+    "trigger_price", "average_price", "filled_quantity", "pending_quantity", "cancelled_quantity",
+    "market_protection", "meta", "tag", "guid")
 
 ORDER_LIMITS = ((10, 1.0), (400, 60.0), (5000, 86400.0))  # Kite's published per-api_key order limits
+
+
+def order_checksum(order_id: str, order_timestamp: str, api_secret: str) -> str:
+    """The `checksum` of an order update (postback or ticker frame): sha256(order_id + order_timestamp +
+    api_secret), hex, as Kite signs them."""
+    return hashlib.sha256((order_id + order_timestamp + api_secret).encode()).hexdigest()
 
 
 @dataclass
@@ -86,14 +108,73 @@ class _Fault:
     error_type: str = "NetworkException"
     message: str = ""
     method: str | None = None
-    path: str | None = None
+    path: str | re.Pattern[str] | None = None
     body: bytes | None = None
     content_type: str | None = None
     seconds: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
-        return ((self.method is None or self.method.upper() == method)
-                and (self.path is None or path == self.path or path.startswith(self.path.rstrip("/") + "/")))
+        if self.method is not None and self.method.upper() != method:
+            return False
+        if isinstance(self.path, re.Pattern):
+            return self.path.fullmatch(path) is not None
+        return self.path is None or path == self.path or path.startswith(self.path.rstrip("/") + "/")
+
+
+class _Job:
+    """A call the scheduler makes later, unless cancelled first."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self.call = call
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Scheduler:
+    """One thread makes every delayed call (fills after fill_delay): a threading.Timer per order would start a
+    thread per order, on the CPU the system under test shares in benchmarks."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Job]] = []
+        self._seq = itertools.count()
+        self._wake = threading.Condition()
+        self._stopped = True
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._wake:
+            self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="fake-kite-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop now; calls not yet due are dropped."""
+        with self._wake:
+            self._stopped = True
+            self._heap.clear()
+            self._wake.notify()
+        if self._thread:
+            self._thread.join(timeout=2)
+
+    def call_later(self, delay: float, call: Callable[[], None]) -> _Job:
+        job = _Job(call)
+        with self._wake:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), job))
+            self._wake.notify()
+        return job
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                if self._stopped:
+                    return
+                job = heapq.heappop(self._heap)[2]
+            if not job.cancelled:
+                job.call()
 
 
 @dataclass
@@ -102,7 +183,8 @@ class _Order:
     fields: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     trades: list[dict[str, Any]] = field(default_factory=list)
-    timer: threading.Timer | None = None
+    timer: _Job | None = None
+    partial: tuple[int, str | None] | None = None  # partial_fill_next(): (quantity to fill, cancel message)
 
     @property
     def status(self) -> str:
@@ -121,12 +203,17 @@ class FakeKite:
     """A local Kite Connect: REST on `rest_url`, ticker on `ws_url`. Use as a context manager, or start()/stop().
 
     Point the real clients at it: `KiteConnect(api_key, access_token=..., root=fake.rest_url)` and
-    `KiteTicker(api_key, access_token, root=fake.ws_url)`."""
+    `KiteTicker(api_key, access_token, root=fake.ws_url)`.
+
+    `latency`: seconds every REST answer waits before it leaves (see set_latency()). `fill_delay`: seconds an
+    order stays OPEN before it fills. `postback_url`: where order updates are POSTed, as Kite posts them to an
+    app's postback URL (None: no postbacks); `postback_delay`: seconds each postback waits before it is sent."""
 
     def __init__(self, accounts: Iterable[Account] | None = None,
                  instruments: Iterable[tuple[Instrument, float]] | None = None, *,
                  host: str = "127.0.0.1", port: int = 0, ws_port: int = 0,
                  stall_seconds: float = 8.0, fill_delay: float = 0.0, auto_fill: bool = True,
+                 latency: float = 0.0, postback_url: str | None = None, postback_delay: float = 0.0,
                  order_limits: Iterable[tuple[int, float]] = ORDER_LIMITS,
                  quote_limits: Iterable[tuple[int, float]] = (), other_limits: Iterable[tuple[int, float]] = (),
                  heartbeat_interval: float = 1.0, max_ticker_connections: int = 3,
@@ -136,6 +223,12 @@ class FakeKite:
         self.stall_seconds = stall_seconds
         self.fill_delay = fill_delay
         self.auto_fill = auto_fill
+        self.latency, self.latency_jitter = latency, 0.0
+        self.postback_url = postback_url
+        self.postback_delay = postback_delay
+        self._random = random.Random()
+        self._scheduler = _Scheduler()
+        self._postback_sender: PostbackSender | None = None
         self.limits = {"orders": tuple(order_limits), "quote": tuple(quote_limits), "other": tuple(other_limits)}
         self.clock = clock
         self.verbose = verbose
@@ -164,6 +257,8 @@ class FakeKite:
         self._faults: list[_Fault] = []
         self._accept_stalls: deque[tuple[float, bool]] = deque()
         self._rejections: deque[str | None] = deque()
+        self._partials: deque[tuple[int, str | None]] = deque()
+        self._postbacks_to_drop = 0
         self._expired: set[str] = set()
         self._issued_request_tokens: dict[str, str] = {}
         self._token_generation: dict[str, int] = defaultdict(int)
@@ -172,6 +267,11 @@ class FakeKite:
         self._throttled_times: dict[str, list[float]] = defaultdict(list)
         self.requests: list[RequestRecord] = []
         self.ticker_events: list[tuple[float, str, str | None, list[int]]] = []
+        # Every order placement that got past auth and the rate limit, refused or not: {"api_key", "params"
+        # (the form as the client sent it, e.g. params["market_protection"] == "-1"), "order_id" (None if refused)}.
+        self.placements: list[dict[str, Any]] = []
+        # Every postback: (payload, HTTP status of the app's answer, or an error string, or "dropped").
+        self.postbacks: list[tuple[dict[str, Any], int | str]] = []
 
     # ------------------------------------------------------------------------------------------------
     # lifecycle
@@ -185,6 +285,9 @@ class FakeKite:
         self.rest = RestServer(self, self._host, self._port)
         self.ticker = TickerServer(self, self._host, self._ws_port, **self._ticker_options)
         self._port, self._ws_port = self.rest.port, self.ticker.port
+        self._scheduler.start()
+        self._postback_sender = PostbackSender(self._record_postback)
+        self._postback_sender.start()
         self.rest.start()
         self.ticker.start()
         self._running = True
@@ -199,6 +302,9 @@ class FakeKite:
             for order in self._orders.values():
                 if order.timer:
                     order.timer.cancel()
+        self._scheduler.stop()  # outside the lock: a due fill may be waiting for it
+        if self._postback_sender:
+            self._postback_sender.stop()
         if self.ticker:
             self.ticker.stop()
         if self.rest:
@@ -263,10 +369,13 @@ class FakeKite:
     # control API: faults
     # ------------------------------------------------------------------------------------------------
     def fail_next(self, n: int = 1, status: int = 503, error_type: str | None = None, message: str | None = None,
-                  *, method: str | None = None, path: str | None = None, body: bytes | str | None = None,
-                  content_type: str | None = None) -> None:
-        """The next `n` requests (matching `method` and the `path` prefix, if given) are answered with an
-        error and not processed (an order is not stored). Default envelope for `status`: 503/504
+                  *, method: str | None = None, path: str | re.Pattern[str] | None = None,
+                  body: bytes | str | None = None, content_type: str | None = None) -> None:
+        """The next `n` requests (matching `method` and `path`, if given) are answered with an error and not
+        processed (an order is not stored). A str `path` is a prefix on "/" boundaries: "/quote" is /quote and
+        /quote/ltp; "/orders/" is everything below /orders (method="GET": order_history and order_trades of
+        any id, not the list). A compiled pattern must match the whole path: re.compile("/orders") is only
+        the order list. Default envelope for `status`: 503/504
         NetworkException, 429 NetworkException "Too many requests", 500 GeneralException, 400
         InputException, 403 TokenException, 502 DataException; `error_type` overrides it (an unknown one,
         e.g. "MarginException", reaches kiteconnect as GeneralException). `body` + `content_type` send a
@@ -279,9 +388,10 @@ class FakeKite:
                 body=body.encode() if isinstance(body, str) else body, content_type=content_type))
 
     def time_out_next_request(self, n: int = 1, seconds: float | None = None, *, method: str | None = None,
-                              path: str | None = None) -> None:
-        """The next `n` matching requests are held `seconds` (default stall_seconds), then the connection is
-        closed without an answer and WITHOUT processing: the request never landed."""
+                              path: str | re.Pattern[str] | None = None) -> None:
+        """The next `n` requests matching `method` and `path` (as in fail_next) are held `seconds` (default
+        stall_seconds), then the connection is closed without an answer and WITHOUT processing: the request
+        never landed."""
         with self._lock:
             self._faults.append(_Fault(remaining=n, kind="stall", method=method, path=path,
                                        seconds=self.stall_seconds if seconds is None else seconds))
@@ -302,6 +412,35 @@ class FakeKite:
         with self._lock:
             for _ in range(n):
                 self._rejections.append(message)
+
+    def partial_fill_next(self, quantity: int, n: int = 1, message: str | None = None) -> None:
+        """The next `n` orders that reach the book fill only `quantity` (at the last price, when they would
+        fill anyway: after fill_delay, a LIMIT at its price), then the exchange cancels the rest: CANCELLED
+        with filled_quantity=quantity, cancelled_quantity=the rest and `status_message` (default: a market
+        protection cancel), as a protected MARKET or an IOC order ends on Kite. Rejected and AMO orders
+        leave the script for the next order."""
+        if quantity < 0:
+            raise ValueError("quantity must be >= 0")
+        with self._lock:
+            self._partials.extend([(quantity, message)] * n)
+
+    def set_latency(self, seconds: float, jitter: float = 0.0) -> None:
+        """Every REST answer (errors too) leaves `seconds` ± up to `jitter` (uniform, never below 0) after
+        the request is processed, as the network and Kite's gateway add. The wait holds no lock: many
+        requests are served at once."""
+        with self._lock:
+            self.latency, self.latency_jitter = seconds, jitter
+
+    def set_postback_url(self, url: str | None) -> None:
+        """Where postbacks go from now on (None: none are sent)."""
+        with self._lock:
+            self.postback_url = url
+
+    def drop_postbacks(self, n: int = 1) -> None:
+        """The next `n` postbacks are not sent (recorded in `postbacks` as "dropped"), as when Kite's postback
+        never reaches the app: for testing the app's fallback (ticker updates, order_history polling)."""
+        with self._lock:
+            self._postbacks_to_drop += n
 
     def expire_token(self, api_key: str | None = None) -> None:
         """The account's current access token stops working (403 TokenException on REST, 403 on the ticker
@@ -413,6 +552,11 @@ class FakeKite:
     def wait_for_orders(self, count: int, timeout: float = 5.0) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: len(self._orders) >= count, timeout)
+
+    def wait_for_postbacks(self, count: int, timeout: float = 5.0) -> bool:
+        """Block until `postbacks` holds `count` entries (sent, failed or dropped)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.postbacks) >= count, timeout)
 
     def fill_order(self, order_id: str, quantity: int | None = None, price: float | None = None) -> dict[str, Any]:
         """Fill a working order now (all of what is pending, or `quantity` of it: a partial fill stays OPEN),
@@ -565,6 +709,17 @@ class FakeKite:
         return None
 
     def _handle_http(self, request: Request) -> Response:
+        """Answer a request; the HTTP handler holds the answer `response.delay` (no lock held) before sending."""
+        response = self._answer(request)
+        response.delay += self._latency()
+        return response
+
+    def _latency(self) -> float:
+        if not self.latency_jitter:
+            return self.latency
+        return max(0.0, self.latency + self._random.uniform(-self.latency_jitter, self.latency_jitter))
+
+    def _answer(self, request: Request) -> Response:
         method, path = request.method, request.path
         route = self._route(method, path)
         handler, kind, needs_auth, params = route if route else ("", "other", False, {})
@@ -705,6 +860,9 @@ class FakeKite:
 
     # --- orders ----------------------------------------------------------------------------------------
     def _place_order(self, request: Request, account: Account, variety: str) -> Response:
+        placement: dict[str, Any] = {"api_key": account.api_key, "params": request.params(), "order_id": None}
+        with self._lock:
+            self.placements.append(placement)
         if variety not in VARIETIES:
             raise _KiteError("InputException", "Invalid `variety`.")
         exchange, symbol = request.arg("exchange") or "", request.arg("tradingsymbol") or ""
@@ -730,6 +888,7 @@ class FakeKite:
             raise _KiteError("InputException", "Invalid `price`.")
         if order_type in ("SL", "SL-M") and trigger <= 0:
             raise _KiteError("InputException", "Invalid `trigger_price`.")
+        market_protection = _market_protection(request.arg("market_protection"), order_type)
         with self._lock:
             token = self._by_key.get(f"{exchange}:{symbol}")
             if token is None:
@@ -749,9 +908,12 @@ class FakeKite:
                 "validity_ttl": _int(request.arg("validity_ttl")) or 0, "product": product, "quantity": quantity,
                 "disclosed_quantity": _int(request.arg("disclosed_quantity")) or 0, "price": price,
                 "trigger_price": trigger, "average_price": 0, "filled_quantity": 0, "pending_quantity": quantity,
-                "cancelled_quantity": 0, "market_protection": _float(request.arg("market_protection")) or 0,
+                "cancelled_quantity": 0, "market_protection": market_protection,
                 "meta": {}, "tag": tag, "tags": [tag] if tag else [], "guid": uuid.uuid4().hex[:20]})
+            if request.arg("algo_id"):
+                order.fields["algo_id"] = request.arg("algo_id")
             self._orders[order_id] = order
+            placement["order_id"] = order_id
             order.history.append(dict(order.fields))
             self._transition(order, "VALIDATION PENDING")
             rejection = self._rejections.popleft() if self._rejections else False
@@ -762,6 +924,7 @@ class FakeKite:
             elif variety == "amo":
                 self._transition(order, "AMO REQ RECEIVED")
             else:
+                order.partial = self._partials.popleft() if self._partials else None
                 self._transition(order, "OPEN PENDING")
                 self._open(order)
             stall = self._accept_stalls.popleft() if self._accept_stalls else None
@@ -782,14 +945,15 @@ class FakeKite:
         if not self.auto_fill:
             return
         if self.fill_delay > 0:
-            def later() -> None:
-                with self._lock:
-                    order.timer = None
-                    self._try_fill(order)
-            order.timer = threading.Timer(self.fill_delay, later)
-            order.timer.daemon = True
-            order.timer.start()
+            order.timer = self._scheduler.call_later(self.fill_delay, lambda: self._fill_due(order))
         else:
+            self._try_fill(order)
+
+    def _fill_due(self, order: _Order) -> None:
+        with self._lock:
+            if order.timer is None or order.timer.cancelled:  # cancelled after the scheduler picked it up
+                return
+            order.timer = None
             self._try_fill(order)
 
     def _try_fill(self, order: _Order) -> None:
@@ -804,7 +968,14 @@ class FakeKite:
             return
         if f["order_type"] in ("LIMIT", "SL") and not (ltp <= f["price"] if buy else ltp >= f["price"]):
             return
-        self._fill(order, None, ltp)
+        if order.partial is None:
+            self._fill(order, None, ltp)
+            return
+        quantity, message = order.partial
+        order.partial = None
+        self._fill(order, quantity, ltp)
+        if order.status == "OPEN":
+            self._cancel(order, message or PARTIAL_CANCEL_MESSAGE)
 
     def _recheck(self, token: int) -> None:
         if not self.auto_fill:
@@ -830,8 +1001,8 @@ class FakeKite:
             "tradingsymbol": f["tradingsymbol"], "instrument_token": f["instrument_token"], "product": f["product"],
             "average_price": price, "quantity": quantity, "transaction_type": f["transaction_type"],
             "fill_timestamp": now, "order_timestamp": now, "exchange_timestamp": now})
-        self._transition(order, "COMPLETE" if filled == f["quantity"] else "OPEN", filled_quantity=filled,
-                         pending_quantity=f["quantity"] - filled, average_price=average)
+        self._transition(order, "COMPLETE" if filled == f["quantity"] else "OPEN", update=True,
+                         filled_quantity=filled, pending_quantity=f["quantity"] - filled, average_price=average)
 
     def _cancel(self, order: _Order, message: str | None = None) -> None:
         if order.status not in WORKING:
@@ -841,22 +1012,47 @@ class FakeKite:
             order.timer = None
         self._transition(order, "CANCEL PENDING")
         self._transition(order, "CANCELLED", cancelled_quantity=order.fields["pending_quantity"], pending_quantity=0,
-                         status_message=message)
+                         status_message=message, status_message_raw=message)
 
-    def _transition(self, order: _Order, status: str, **changes: Any) -> None:
+    def _transition(self, order: _Order, status: str, *, update: bool = False, **changes: Any) -> None:
+        """Move the order to `status` and tell the account: a ticker frame for the PUSHED statuses, a
+        postback for the FINAL ones, and a postback with status UPDATE (Kite's word for a partial fill or a
+        modification) when `update` and the order is still working."""
         f = order.fields
         f.update(changes, status=status, order_timestamp=self._now())
         if f["exchange_order_id"] and status != "OPEN PENDING":
             f["exchange_update_timestamp"] = f["order_timestamp"]
         order.history.append(dict(f))
         self._changed.notify_all()
-        if status in PUSHED and self.ticker is not None:
-            account = self.accounts.get(order.api_key)
-            update = {**f, "user_id": account.user_id if account else None,
-                      "unfilled_quantity": f["pending_quantity"], "app_id": 0,
-                      "checksum": hashlib.sha256((f["order_id"] + f["order_timestamp"]
-                                                  + (account.api_secret if account else "")).encode()).hexdigest()}
-            self.ticker.broadcast_order(order.api_key, update)
+        ticker = self.ticker if status in PUSHED else None
+        postback_status = status if status in FINAL else "UPDATE" if update else None
+        if self.postback_url is None or self._postback_sender is None:
+            postback_status = None  # nowhere to send it
+        if ticker is None and postback_status is None:
+            return
+        account = self.accounts.get(order.api_key)
+        message = {**f, "user_id": account.user_id if account else None, "unfilled_quantity": f["pending_quantity"],
+                   "app_id": 0, "checksum": order_checksum(f["order_id"], f["order_timestamp"],
+                                                           account.api_secret if account else "")}
+        if ticker is not None:
+            ticker.broadcast_order(order.api_key, message)
+        if postback_status is not None:
+            self._queue_postback({**{name: message[name] for name in POSTBACK_FIELDS}, "status": postback_status})
+
+    def _queue_postback(self, payload: dict[str, Any]) -> None:
+        """Hand a postback to the sender thread (called under the lock, so it must not block)."""
+        assert self.postback_url is not None and self._postback_sender is not None
+        if self._postbacks_to_drop > 0:
+            self._postbacks_to_drop -= 1
+            self.postbacks.append((payload, "dropped"))
+            self._changed.notify_all()
+            return
+        self._postback_sender.send(self.postback_url, payload, time.monotonic() + self.postback_delay)
+
+    def _record_postback(self, payload: dict[str, Any], outcome: int | str) -> None:
+        with self._changed:
+            self.postbacks.append((payload, outcome))
+            self._changed.notify_all()
 
     def _owned(self, account: Account, order_id: str) -> _Order:
         order = self._orders.get(order_id)
@@ -901,7 +1097,7 @@ class FakeKite:
             back = order.status
             self._transition(order, "MODIFY VALIDATION PENDING")
             self._transition(order, "MODIFY PENDING", **changes)
-            self._transition(order, back)
+            self._transition(order, back, update=True)
             if back != "AMO REQ RECEIVED" and order.timer is None:
                 self._schedule_fill(order)
             return ok({"order_id": order_id})
@@ -1011,3 +1207,14 @@ def _float(value: str | None) -> float | None:
         return float(value) if value not in (None, "") else None
     except ValueError:
         return None
+
+
+def _market_protection(raw: str | None, order_type: str) -> float:
+    """Kite's 2026 rule: -1 (Kite's automatic protection) or a percentage in (0, 100]; 0 or absent means none,
+    which MARKET and SL-M orders may no longer go without. Returns the value as sent (an int if whole)."""
+    value = 0.0 if raw in (None, "") else _float(raw)
+    if value is None or not (value in (-1, 0) or 0 < value <= 100):  # NaN fails every comparison: invalid
+        raise _KiteError("InputException", "Invalid `market_protection`.")
+    if value == 0 and order_type in ("MARKET", "SL-M"):
+        raise _KiteError("InputException", MARKET_PROTECTION_REQUIRED)
+    return int(value) if value.is_integer() else value

@@ -1,16 +1,21 @@
-"""HTTP plumbing for the fake's REST side: a threaded http.server that hands each request to FakeKite.
+"""HTTP plumbing for the fake: a threaded http.server that hands each request to FakeKite, and the sender
+that POSTs order postbacks to the app.
 
 Every response leaves in a single write with TCP_NODELAY set (`disable_nagle_algorithm`), so a client on
-a kept-alive connection never waits out the ~44 ms delayed-ACK stall (see /work/shared/STACK.md)."""
+a kept-alive connection never waits out the ~44 ms delayed-ACK stall (see /work/shared/STACK.md); postbacks
+set TCP_NODELAY too, since http.client writes a request's headers and body separately."""
 from __future__ import annotations
 
 import json
+import queue
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
@@ -33,6 +38,10 @@ class Request:
         """A form field (POST/PUT) or query parameter (GET/DELETE), as Kite reads it."""
         values = self.form.get(name) or self.query.get(name)
         return values[0] if values else default
+
+    def params(self) -> dict[str, str]:
+        """Every query parameter and form field as sent (first value of each; form wins, as in arg())."""
+        return {name: values[0] for name, values in {**self.query, **self.form}.items() if values}
 
 
 @dataclass
@@ -173,3 +182,55 @@ class RestServer:
     def drop_connections(self) -> None:
         """Cut every kept-alive client connection (the next request reconnects)."""
         self._server.close_all()
+
+
+class PostbackSender:
+    """One thread POSTs postbacks (JSON) in the order they were queued, so an order's updates arrive in order,
+    each no earlier than its due time (time.monotonic()). Each outcome, the HTTP status or the error, goes to
+    `record`. A thread per postback would compete for the CPU the system under test runs on."""
+
+    def __init__(self, record: Callable[[dict[str, Any], int | str], None], timeout: float = 3.0) -> None:
+        self.timeout = timeout
+        self._record = record
+        self._queue: queue.SimpleQueue[tuple[float, str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fake-kite-postbacks", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop now; postbacks still queued are never sent."""
+        self._stop.set()
+        self._queue.put(None)
+        self._thread.join(timeout=self.timeout + 1)
+
+    def send(self, url: str, payload: dict[str, Any], due: float) -> None:
+        self._queue.put((due, url, payload))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            due, url, payload = item
+            if self._stop.wait(max(0.0, due - time.monotonic())):
+                return
+            self._record(payload, self._post(url, payload))
+
+    def _post(self, url: str, payload: dict[str, Any]) -> int | str:
+        parts = urlsplit(url)
+        connection_class = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+        conn = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=self.timeout)
+        try:
+            conn.connect()
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                         body=json.dumps(payload).encode(), headers={"Content-Type": JSON})
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        except (OSError, HTTPException) as exc:  # refused, reset, timed out: recorded, never retried
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
