@@ -24,6 +24,8 @@ from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
 from webapp.engine.events import FAIL, STOPLOSS, Event
 from webapp.engine.stop_index import StopIndex
+from webapp.brokers import updates
+from webapp.brokers.kite import order_state
 from webapp.feeds import Instrument, MarketFeed, Tick, get_feed
 from webapp.market_calendar import IST, exchange_date, is_trading_day, session_for
 from webapp.state_machine import RUNNING, Status
@@ -343,7 +345,8 @@ def main() -> None:
     app = create_app(process_name="listener")
     conn = redis_client.connect(app.config["REDIS_URL"])
     log.info("listener starting", extra={"event": "listener_start", "feed": app.config["FEED"]})
-    Listener(app, conn, get_feed(app.config)).run(stop)
+    feed = get_feed(app.config, on_order_update=lambda data: updates.publish(conn, order_state(data)))
+    Listener(app, conn, feed).run(stop)
     log.info("listener stopped", extra={"event": "listener_stop"})
 
 

@@ -20,7 +20,7 @@ from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.extensions import db
 from webapp.engine import dispatch, recovery
-from webapp.engine.events import Event
+from webapp.engine.events import QUEUES, Event
 from webapp.engine.schedule import scheduler
 
 log = logging.getLogger("scheduler")
@@ -112,7 +112,8 @@ def _move_triggers(conn: redis.Redis, stop: list[bool]) -> None:
         now = time.monotonic()
         if now >= next_beat:
             conn.set(keys.SCHEDULER_HEARTBEAT, clock.now().isoformat(), ex=HEARTBEAT_TTL_SECONDS)
-            dispatch.live_workers(conn)  # refreshed off the critical path
+            for queue in QUEUES:
+                dispatch.live_workers(conn)(queue)  # refreshed off the critical path
             next_beat = now + 1.0
         first = conn.zrange(mover.key, 0, 0, withscores=True)
         delay = first[0][1] - clock.epoch() if first else IDLE_WAIT_SECONDS

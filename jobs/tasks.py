@@ -22,6 +22,6 @@ def app() -> Flask:
 def handle_events(payloads: list[dict]) -> list[str]:
     with app().app_context():
         try:
-            return executor.handle_many([Event.from_dict(payload) for payload in payloads])
+            return executor.accept([Event.from_dict(payload) for payload in payloads])
         finally:
             db.session.remove()  # a long-lived worker must not carry one job's session into the next

@@ -121,9 +121,9 @@ class Processes:
         self.logdir = logdir
         self.running: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, module: str) -> subprocess.Popen:
+    def start(self, name: str, module: str, *args: str) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=self.env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT)
         self.running[name] = proc
         return proc
@@ -158,7 +158,7 @@ def processes(app, tmp_path: Path):  # type: ignore[no-untyped-def]
            "LOG_LEVEL": "INFO",
            # The broker and feed the test's app uses (a fake Kite's addresses in Kite tests).
            **{name: str(app.config[name]) for name in (
-               "BROKER", "FEED", "KITE_API_ROOT", "KITE_TICKER_ROOT", "KITE_TIMEOUT_SECONDS",
+               "BROKER", "FEED", "PAPER_LATENCY_MS", "PAPER_FILL_MS", "KITE_API_ROOT", "KITE_TICKER_ROOT", "KITE_TIMEOUT_SECONDS",
                "KITE_FEED_API_KEY", "KITE_FEED_ACCESS_TOKEN", "KITE_LOGIN_URL")}}
     procs = Processes(env, tmp_path)
     yield procs

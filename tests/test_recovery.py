@@ -58,7 +58,10 @@ def test_a_scheduler_killed_across_the_buy_time_still_buys_within_grace(client, 
     recovering.kill("scheduler", signal.SIGKILL)
     wait_for(lambda: status_past_buy(client, headers, sid), timeout=10, what="the buy time to pass")
     # A grace window wider than a loaded machine's process start-up, so this checks the rule, not the timing.
+    # The same rule for every process: the worker refuses a BUY past the grace window too.
     recovering.env = {**recovering.env, "MISSED_ENTRY_GRACE_SECONDS": "15"}
+    recovering.kill("worker")
+    recovering.start("worker2", "jobs.worker")
     recovering.start("scheduler2", "jobs.scheduler")
     wait_status(client, headers, sid, "in_position", timeout=20)
     assert [o["event"] for o in orders(client, headers, sid)] == ["BUY"]
@@ -129,7 +132,7 @@ def test_a_corrupt_runtime_stops_the_strategy_squares_off_and_tells_a_human(app,
 
 
 def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag(client, processes, redis_conn):
-    """kill -9 between the broker's accept and the engine's records: the intent row says PENDING, the
+    """kill -9 between the broker's accept and the engine's records: the intent row says SENDING, the
     broker has the order. Recovery resends the event; the engine looks the tag up and records the fill."""
     from tests.engine_helpers import broker_orders, inject_faults, today_event
     from webapp.engine.events import BUY
@@ -143,7 +146,7 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
     event_id = today_event(BUY, sid).event_id
     wait_for(lambda: broker_orders(redis_conn, event_id) == 1, timeout=10, what="the broker to accept the BUY")
     processes.kill("worker", signal.SIGKILL)
-    assert [o["status"] for o in orders(client, headers, sid)] == ["PENDING"]
+    assert [o["status"] for o in orders(client, headers, sid)] == ["SENDING"]
     processes.start("worker2", "jobs.worker")
     held = wait_status(client, headers, sid, "in_position", timeout=30)
     assert held["position"] == 10 and held["entry_price"] is not None
@@ -155,12 +158,12 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
 
 
 def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(client, processes, redis_conn):
-    """The broker never took the first attempt and the retry would come after the grace window (here 0 s):
-    no late entry, the run fails with nothing placed."""
+    """The broker never took the first attempt and the retry would come after the grace window (here 1 s,
+    the retry's pause 1.5 s): no late entry, the run fails with nothing placed."""
     from tests.engine_helpers import broker_orders, inject_faults, today_event
     from webapp.engine.events import BUY
 
-    processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "0"}
+    processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "1", "ORDER_RETRY_BACKOFF": "1.5"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
     headers = trader(client, "late@example.com")

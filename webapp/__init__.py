@@ -22,6 +22,9 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     if not app.config.get("TESTING"):
         logs.configure(process_name, app.config["LOG_LEVEL"])
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    from webapp.brokers import market_protection
+
+    app.config["MARKET_PROTECTION"] = market_protection(str(app.config["MARKET_PROTECTION"]))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}  # no pre-ping round trip for a file on this machine
 
@@ -37,7 +40,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp.admin import bp as admin_bp
     from webapp.api import bp as api_bp
     from webapp.auth import bp as auth_bp
-    from webapp.broker import bp as broker_bp
+    from webapp.broker_pages import bp as broker_bp
     from webapp.main import bp as main_bp
     from webapp.strategies import bp as strategies_bp
 

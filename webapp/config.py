@@ -64,12 +64,25 @@ class Config:
         self.KITE_FEED_API_KEY = os.environ.get("KITE_FEED_API_KEY", "")
         self.KITE_FEED_ACCESS_TOKEN = os.environ.get("KITE_FEED_ACCESS_TOKEN", "")
         self.PAPER_SLIPPAGE_BPS = float(os.environ.get("PAPER_SLIPPAGE_BPS", "0"))
+        # The paper exchange answers like Kite: a round trip of PAPER_LATENCY_MS (±40%), and a MARKET order
+        # OPEN for PAPER_FILL_MS before it fills.
+        self.PAPER_LATENCY_MS = float(os.environ.get("PAPER_LATENCY_MS", "50"))
+        self.PAPER_FILL_MS = float(os.environ.get("PAPER_FILL_MS", "200"))
+        # Kite's 2026 order rules: market protection on every MARKET order (-1 = Kite's automatic; checked
+        # at start-up), and the algo id SEBI's retail algo framework asks every algo order to carry.
+        self.MARKET_PROTECTION = os.environ.get("MARKET_PROTECTION", "-1")
+        self.KITE_ALGO_ID = os.environ.get("KITE_ALGO_ID", "")
+        # Orders a worker process keeps in flight at once (each waits ~50 ms for Kite and ~200 ms for a fill).
+        self.ORDER_THREADS = int(os.environ.get("ORDER_THREADS", "256"))
         # Order placement: attempts in all, pauses between them, and how long to follow an order to a
         # final state.
         self.ORDER_ATTEMPTS = int(os.environ.get("ORDER_ATTEMPTS", "3"))
         self.ORDER_RETRY_BACKOFF = [float(x) for x in os.environ.get("ORDER_RETRY_BACKOFF", "0.2,0.5").split(",")]
         self.ORDER_CONFIRM_TIMEOUT = float(os.environ.get("ORDER_CONFIRM_TIMEOUT", "10"))
-        self.LOCK_TIMEOUT_SECONDS = int(os.environ.get("LOCK_TIMEOUT_SECONDS", "120"))
+        # While the broker's pushed updates are arriving, how long to wait for one before polling the order.
+        self.ORDER_PUSH_WAIT_SECONDS = float(os.environ.get("ORDER_PUSH_WAIT_SECONDS", "1.0"))
+        # A strategy lock lives this long unless its holder renews it (every third of it, while acting).
+        self.LOCK_TIMEOUT_SECONDS = float(os.environ.get("LOCK_TIMEOUT_SECONDS", "15"))
         # Market data: FEED=simulated (random walk), csv:PATH (scripted replay) or kite (Kite's ticker).
         self.FEED = os.environ.get("FEED", "kite" if self.BROKER == "kite" else "simulated")
         self.FEED_RATE = float(os.environ.get("FEED_RATE", "1"))  # ticks a second per symbol

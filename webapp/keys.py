@@ -44,10 +44,21 @@ def paper_faults() -> str:
     return f"{PREFIX}paper:faults"
 
 
+def paper_followup_faults() -> str:
+    """Faults the paper exchange plays back on follow-up calls (order status, orders by tag), one per call."""
+    return f"{PREFIX}paper:faults:followup"
+
+
 def paper_sequence() -> str:
     return f"{PREFIX}paper:seq"
 
 
+def order_update(order_id: str) -> str:
+    """The latest pushed state of a broker order (postback, ticker order frame, paper fill), JSON."""
+    return f"{PREFIX}order-update:{order_id}"
+
+
+ORDER_UPDATES = f"{PREFIX}order-updates"  # channel: every pushed order state, for the engine's waiters
 RUNTIME_CHANNEL = f"{PREFIX}runtime-changed"
 RUNTIME_SEQUENCE = f"{PREFIX}runtime-changed:seq"  # numbers the messages, so a listener sees a gap
 SCHEDULER_WAKEUP = f"{PREFIX}scheduler:wakeup"

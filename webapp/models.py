@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from flask_login import UserMixin
-from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, func
+from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, func, or_, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -108,6 +108,7 @@ class Strategy(db.Model):
     run_date: Mapped[str | None] = mapped_column(db.String(10), nullable=True)  # IST date of the current run
     # Set when the user asks to STOP, before the STOP is queued: a queue lost with Redis is resent by recovery.
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    algo_id: Mapped[str | None] = mapped_column(db.String(32), nullable=True)  # overrides KITE_ALGO_ID
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -131,8 +132,13 @@ class OrderLog(db.Model):
     price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
     broker_order_id: Mapped[str | None] = mapped_column(db.String(64), nullable=True)
     tag: Mapped[str] = mapped_column(db.String(20), index=True)
-    status: Mapped[str] = mapped_column(db.String(24))  # PENDING | COMPLETE | REJECTED | ERROR | ...
+    # SENDING (claimed; maybe at the broker) | COMPLETE | CANCELLED | REJECTED (final) | ERROR (surely not
+    # placed) | TIMEOUT (maybe placed: look up by tag) | NOT_PLACED (looked up: not there)
+    status: Mapped[str] = mapped_column(db.String(24))
+    filled_quantity: Mapped[int] = mapped_column(default=0, server_default="0")  # what the broker filled
     attempt: Mapped[int] = mapped_column(default=1)
+    holder: Mapped[str | None] = mapped_column(db.String(32), nullable=True)  # the claim: its lock's token
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(db.Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -167,3 +173,14 @@ class KillSwitch(db.Model):
     engaged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     released_by: Mapped[int | None] = mapped_column(db.ForeignKey("users.id", ondelete="SET NULL"), nullable=True)
     released_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+def active_kill_switches() -> list[KillSwitch]:
+    return list(db.session.scalars(select(KillSwitch).where(KillSwitch.released_at.is_(None))
+                                   .order_by(KillSwitch.id)))
+
+
+def kill_switch_for(user_id: int) -> KillSwitch | None:
+    """The switch that halts this user's trading, if any (global or theirs)."""
+    return db.session.scalar(select(KillSwitch).where(
+        KillSwitch.released_at.is_(None), or_(KillSwitch.user_id.is_(None), KillSwitch.user_id == user_id)))

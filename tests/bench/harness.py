@@ -138,7 +138,7 @@ def create_strategies(app, users: int, per_user: int, buy_time: str, sell_time: 
 
 
 def start_all(app, ids: list[int]) -> None:  # type: ignore[no-untyped-def]
-    from webapp.engine import lifecycle
+    from webapp.services import lifecycle
     from webapp.extensions import db
     from webapp.models import Strategy
 

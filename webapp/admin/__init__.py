@@ -9,7 +9,7 @@ from sqlalchemy import select
 from webapp.api import tokens
 from webapp.extensions import csrf, db
 from webapp.http import go_to
-from webapp.models import AuditEvent, User
+from webapp.models import AuditEvent, User, active_kill_switches
 from webapp.services import health, kill_switch
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -29,7 +29,7 @@ def _admins_only() -> None:
 def index():  # type: ignore[no-untyped-def]
     users = list(db.session.scalars(select(User).order_by(User.id)))
     audit = list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(30)))
-    return render_template("admin/index.html", users=users, switches=kill_switch.active(), health=health.snapshot(),
+    return render_template("admin/index.html", users=users, switches=active_kill_switches(), health=health.snapshot(),
                            audit=audit, confirmation=kill_switch.CONFIRMATION)
 
 

@@ -86,18 +86,21 @@ STRATEGY_STATUS = {
 }
 ORDER = {
     "type": "object",
-    "required": ["id", "event", "event_id", "side", "quantity", "price", "broker_order_id", "tag", "status",
+    "required": ["id", "event", "event_id", "side", "quantity", "filled_quantity", "price", "broker_order_id", "tag", "status",
                  "attempt", "error", "created_at", "updated_at"],
     "properties": {
         "id": {"type": "integer"},
         "event": {"type": "string", "enum": ["BUY", "SELL", "STOPLOSS", "STOP", "KILL"]},
         "event_id": {"type": "string"},
         "side": {"type": "string", "enum": ["BUY", "SELL"]},
-        "quantity": {"type": "integer"},
+        "quantity": {"type": "integer", "description": "what was asked for"},
+        "filled_quantity": {"type": "integer", "description": "what the broker filled: the position"},
         "price": NULLABLE_MONEY,
         "broker_order_id": {"type": "string", "nullable": True},
         "tag": {"type": "string"},
-        "status": {"type": "string", "description": "PENDING, PLACED, then the broker's: COMPLETE, REJECTED, ..."},
+        "status": {"type": "string", "description": (
+            "SENDING (claimed, maybe at the broker), then the broker's final COMPLETE, CANCELLED (possibly "
+            "after a partial fill) or REJECTED; ERROR (not placed), TIMEOUT (looked up by tag next), NOT_PLACED")},
         "attempt": {"type": "integer"},
         "error": {"type": "string", "nullable": True},
         "created_at": {"type": "string", "format": "date-time"},

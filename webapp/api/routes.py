@@ -6,7 +6,7 @@ from webapp.api import api_user, api_user_id, auth_required, bp, json_body, toke
 from webapp.api.openapi import SPEC
 from webapp.auth import login_rate_limited
 from webapp.brokers import BrokerAuthFailed
-from webapp.engine import lifecycle
+from webapp.services import lifecycle
 from webapp.http import json_error
 from webapp.services import accounts, broker_accounts, status
 from webapp.services import strategies as service

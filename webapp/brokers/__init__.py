@@ -1,6 +1,7 @@
 """Chooses the Broker implementation named by the BROKER setting, for one broker account."""
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 from flask import current_app
@@ -18,7 +19,7 @@ from webapp.brokers.base import (
     OrderState,
 )
 from webapp.brokers.kite import KiteBroker
-from webapp.brokers.paper import PaperBroker
+from webapp.brokers.paper import PaperBroker, Timing
 from webapp.brokers.ratelimit import RateLimiter, parse_limits
 
 __all__ = ["Broker", "BrokerAuthFailed", "BrokerError", "BrokerTimeout", "BrokerUnavailable", "Credentials",
@@ -29,17 +30,52 @@ def get_broker(name: str, account_id: int = 0, credentials: Credentials | None =
     """The broker for one account (its stored credentials), or for credentials being checked."""
     config = current_app.config
     if name == "paper":
-        return PaperBroker(redis_client.current(), account_id, Decimal(str(config["PAPER_SLIPPAGE_BPS"])))
+        # Kite's limits apply to paper orders too, so paper trading paces a burst as live trading would.
+        return PaperBroker(redis_client.current(), account_id, Decimal(str(config["PAPER_SLIPPAGE_BPS"])),
+                           Timing(config["PAPER_LATENCY_MS"], config["PAPER_FILL_MS"]), _limiter())
     if name == "kite":
-        if credentials is None:
-            credentials = _stored_credentials(account_id)
-        limiter = RateLimiter(redis_client.current(), {
-            "orders": parse_limits(config["KITE_ORDER_LIMITS"]),
-            "quote": parse_limits(config["KITE_QUOTE_LIMITS"]),
-            "other": parse_limits(config["KITE_OTHER_LIMITS"]),
-        })
-        return KiteBroker(config["KITE_API_ROOT"], credentials, limiter, config["KITE_TIMEOUT_SECONDS"])
+        if credentials is not None:
+            return _kite(credentials)
+        credentials = _stored_credentials(account_id)
+        # One client per account and session: its kept-alive connection saves a TCP (and TLS) handshake
+        # on every order, and threads share it (requests' pool).
+        key = (config["KITE_API_ROOT"], account_id, credentials)
+        with _clients_guard:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = _kite(credentials)
+        return client
     raise ValueError(f"unknown broker {name!r} (expected 'paper' or 'kite')")
+
+
+_clients: dict[tuple[str, int, Credentials], KiteBroker] = {}
+_clients_guard = threading.Lock()
+
+
+def _limiter() -> RateLimiter:
+    config = current_app.config
+    return RateLimiter(redis_client.current(), {
+        "orders": parse_limits(config["KITE_ORDER_LIMITS"]),
+        "quote": parse_limits(config["KITE_QUOTE_LIMITS"]),
+        "other": parse_limits(config["KITE_OTHER_LIMITS"]),
+    })
+
+
+def _kite(credentials: Credentials) -> KiteBroker:
+    config = current_app.config
+    return KiteBroker(config["KITE_API_ROOT"], credentials, _limiter(), config["KITE_TIMEOUT_SECONDS"])
+
+
+def market_protection(value: str) -> float:
+    """MARKET_PROTECTION: -1 (Kite's automatic protection) or a percentage 0 < x ≤ 100. Anything else is
+    refused at start-up: Kite would refuse every order."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if number != -1 and not 0 < number <= 100:
+        raise ValueError(f"MARKET_PROTECTION must be -1 (automatic) or a percentage 0 < x <= 100, not {value!r}")
+    return number
 
 
 def _stored_credentials(account_id: int) -> Credentials:

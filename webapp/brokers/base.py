@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
+# The one definition of an order the broker has finished with: nothing more will fill.
 FINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELLED"})
 
 
@@ -24,6 +25,8 @@ class OrderRequest:
     quantity: int
     product: str  # MIS | CNC
     tag: str  # ≤ 20 alphanumeric characters, derived from the event_id
+    market_protection: float = -1  # Kite refuses a MARKET order without it since 2026; -1 = Kite's automatic
+    algo_id: str | None = None  # SEBI's retail algo framework: the id every algo order carries
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,17 @@ class OrderState:
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    def to_dict(self) -> dict:
+        return {"order_id": self.order_id, "status": self.status, "tag": self.tag,
+                "filled_quantity": self.filled_quantity, "message": self.message,
+                "average_price": str(self.average_price) if self.average_price is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OrderState:
+        average = data.get("average_price")
+        return cls(str(data["order_id"]), str(data["status"]), data.get("tag"), int(data.get("filled_quantity") or 0),
+                   Decimal(str(average)) if average not in (None, "") else None, data.get("message"))
+
 
 class BrokerError(Exception):
     """Base of every broker failure; `code` is what the UI and the JSON API show."""
@@ -53,13 +67,15 @@ class BrokerAuthFailed(BrokerError):
 
 
 class BrokerUnavailable(BrokerError):
-    """Network error, HTTP 429 or 5xx before the broker took the request: safe to retry."""
+    """The request surely did not land (no connection, HTTP 429, the rate limiter's wait too long), or a
+    follow-up call failed: safe to ask again."""
 
     code = "BROKER_UNAVAILABLE"
 
 
 class BrokerTimeout(BrokerUnavailable):
-    """No answer in time: the broker may or may not have the order. Look it up by tag before retrying."""
+    """A placement with no usable answer (timeout, reset, HTTP 5xx, an unreadable body): the broker may or
+    may not have the order. Look it up by tag before placing again."""
 
     code = "BROKER_TIMEOUT"
 
@@ -79,7 +95,8 @@ class Broker(Protocol):
     def place_order(self, order: OrderRequest) -> str:
         """A MARKET order; returns the broker's order id. Accepted is not filled: see order_status."""
 
-    def order_status(self, order_id: str) -> OrderState: ...
+    def order_status(self, order_id: str) -> OrderState:
+        """The order's latest state (a follow-up call: any failure here is BrokerUnavailable, never a "no")."""
 
     def orders_by_tag(self, tag: str) -> list[OrderState]:
         """Today's orders carrying this tag: how a timed-out placement is found."""

@@ -38,42 +38,46 @@ class KiteBroker:
         self.client = KiteConnect(credentials.api_key, access_token=credentials.access_token or None, root=root,
                                   timeout=timeout)
 
-    def _call(self, kind: str, fn: Callable[[], T], may_have_landed: bool = False) -> T:
-        """One REST call, after its turn under the rate limits; errors mapped to the Broker's."""
+    def _call(self, kind: str, fn: Callable[[], T], placement: bool = False) -> T:
+        """One REST call, after its turn under the rate limits; errors mapped to the Broker's by what they
+        mean for money. On a placement, any answer that does not say "no" for certain may hide an order
+        (BrokerTimeout: look the tag up). On a follow-up call nothing is a "no": BrokerUnavailable."""
         if self.limiter is not None:
-            self.limiter.acquire(self.credentials.api_key, kind)
+            try:
+                self.limiter.acquire(self.credentials.api_key, kind)
+            except TimeoutError as exc:  # nothing was sent
+                raise BrokerUnavailable(str(exc)) from exc
+        ambiguous = BrokerTimeout if placement else BrokerUnavailable
         try:
             return fn()
         except kite_errors.TokenException as exc:
             raise BrokerAuthFailed(f"Kite session expired or invalid: {exc}") from exc
-        except (kite_errors.NetworkException, requests.ConnectTimeout) as exc:
-            # Kite answered 429/503, or no connection was ever made: the request did not land.
-            raise BrokerUnavailable(f"Kite unavailable: {exc}") from exc
+        except requests.ConnectTimeout as exc:  # no connection was ever made
+            raise BrokerUnavailable(f"Kite unreachable: {exc}") from exc
         except (requests.Timeout, requests.ConnectionError) as exc:
-            if may_have_landed:
-                raise BrokerTimeout(f"no answer from Kite: {exc}") from exc
-            raise BrokerUnavailable(f"no answer from Kite: {exc}") from exc
+            raise ambiguous(f"no answer from Kite: {exc}") from exc
         except (kite_errors.DataException, TypeError, KeyError) as exc:
             # An answer we cannot read (a gateway page, an error without error_type, no Content-Type).
-            if may_have_landed:
-                raise BrokerTimeout(f"unreadable answer from Kite: {exc!r}") from exc
-            raise BrokerUnavailable(f"unreadable answer from Kite: {exc!r}") from exc
-        except (kite_errors.InputException, kite_errors.OrderException, kite_errors.PermissionException,
-                kite_errors.GeneralException) as exc:
-            # Kite's MarginException and other unknown error types arrive as GeneralException.
+            raise ambiguous(f"unreadable answer from Kite: {exc!r}") from exc
+        except kite_errors.KiteException as exc:
+            if exc.code == 429 or not placement:
+                raise BrokerUnavailable(f"Kite: {exc} (HTTP {exc.code})") from exc
+            if exc.code >= 500:  # a server error says nothing about whether the order landed
+                raise BrokerTimeout(f"Kite answered HTTP {exc.code}: {exc}") from exc
+            # InputException, MarginException (as GeneralException), PermissionException: a real "no".
             raise OrderRejected(str(exc)) from exc
 
     def validate_credentials(self, credentials: Credentials) -> None:
         try:
             self._call("other", self.client.profile)
-        except (OrderRejected, BrokerUnavailable) as exc:
+        except BrokerUnavailable as exc:
             raise BrokerAuthFailed(f"Kite did not accept these credentials: {exc}") from exc
 
     def create_session(self, request_token: str) -> str:
         """The login flow's last step: Kite's request_token → an access token (checksum made by the client)."""
         try:
             data = self._call("other", lambda: self.client.generate_session(request_token, self.credentials.api_secret))
-        except (OrderRejected, BrokerUnavailable) as exc:
+        except BrokerUnavailable as exc:
             raise BrokerAuthFailed(f"Kite did not complete the login: {exc}") from exc
         return str(data["access_token"])
 
@@ -81,17 +85,20 @@ class KiteBroker:
         data = self._call("orders", lambda: self.client.place_order(
             variety=KiteConnect.VARIETY_REGULAR, exchange=order.exchange, tradingsymbol=order.symbol,
             transaction_type=order.side, quantity=int(order.quantity), product=order.product,
-            order_type=KiteConnect.ORDER_TYPE_MARKET, tag=order.tag), may_have_landed=True)
+            order_type=KiteConnect.ORDER_TYPE_MARKET, tag=order.tag,
+            market_protection=int(order.market_protection) if float(order.market_protection).is_integer()
+            else order.market_protection,
+            algo_id=order.algo_id), placement=True)
         return str(data["order_id"] if isinstance(data, dict) else data)
 
     def order_status(self, order_id: str) -> OrderState:
         history = self._call("other", lambda: self.client.order_history(order_id))
         if not history:
             raise BrokerUnavailable(f"Kite has no history for order {order_id} yet")
-        return _state(history[-1])
+        return order_state(history[-1])
 
     def orders_by_tag(self, tag: str) -> list[OrderState]:
-        return [_state(order) for order in self._call("other", self.client.orders) if tag in _tags(order)]
+        return [order_state(order) for order in self._call("other", self.client.orders) if tag in _tags(order)]
 
     def instruments(self, exchange: str) -> list[dict]:
         return self._call("other", lambda: self.client.instruments(exchange))
@@ -100,7 +107,7 @@ class KiteBroker:
         name = f"{exchange}:{symbol}"
         quotes = self._call("quote", lambda: self.client.ltp([name]))
         if name not in quotes:
-            raise OrderRejected(f"Kite has no price for {name}")
+            raise BrokerUnavailable(f"Kite has no price for {name}")
         return Decimal(str(quotes[name]["last_price"])).quantize(PAISE)
 
 
@@ -109,7 +116,9 @@ def _tags(order: dict) -> list[str]:
     return [*tags, order["tag"]] if order.get("tag") else list(tags)
 
 
-def _state(order: dict) -> OrderState:
+def order_state(order: dict) -> OrderState:
+    """Kite's order (an order_history entry, an orders() row, a postback, a ticker order frame) as ours.
+    Kite's "UPDATE" (a partial fill or a modification) is not final."""
     average = order.get("average_price")
     return OrderState(
         order_id=str(order["order_id"]),

@@ -1,16 +1,26 @@
 """The paper broker: a simulated exchange behind the Broker interface, so paper mode is a setting and
-never a second code path in the engine. Its orders live in Redis so every worker sees the same book.
-Fills are immediate, at the last tick the listener stored (or the catalogue's reference price when no
-tick has come), moved against the trader by the configured slippage."""
+never a second code path in the engine. It behaves like Kite in the ways that matter for money: every
+call takes PAPER_LATENCY_MS (half on the way in, half on the way back), a MARKET order is OPEN for
+PAPER_FILL_MS before it fills, and a fault script can make the exchange fill part of an order and cancel
+the rest, reject it, or answer 500. Its book lives in Redis so every worker sees the same orders. An
+order fills at the last tick the listener stored when it arrived (or the catalogue's reference price),
+moved against the trader by the configured slippage. Fills are pushed (brokers/updates.py) as Kite's
+postbacks are, and settled on a status call too, so a fill is never lost with the process that timed it."""
 from __future__ import annotations
 
+import heapq
+import random
 import re
+import threading
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 
 import redis
 
-from webapp import clock, instruments, keys
+from webapp import clock, instruments, keys, redis_client
+from webapp.brokers import updates
+from webapp.brokers.ratelimit import RateLimiter
 from webapp.brokers.base import (
     BrokerAuthFailed,
     BrokerTimeout,
@@ -31,20 +41,51 @@ _FIELD_RULES = {
 ORDER_TTL_SECONDS = 3 * 24 * 3600
 PAISE = Decimal("0.01")
 
-# Faults an operator (or a test) can queue with RPUSH on keys.paper_faults(), one per placement.
-# slow_after_accept holds the answer back SLOW_ANSWER_SECONDS after the order is booked: a window in which
-# a drill (or a fault test) kills the worker between the broker's accept and the engine's records.
-FAULTS = ("ok", "unavailable", "timeout", "timeout_after_accept", "slow_after_accept", "reject", "auth")
+# Faults an operator (or a test) queues with RPUSH on keys.paper_faults(), one per placement:
+# - unavailable: HTTP 503 before the order is taken; timeout / error500: no usable answer, nothing booked;
+# - timeout_after_accept: booked, then no answer; slow_after_accept: booked, answer SLOW_ANSWER_SECONDS late
+#   (a window in which a drill kills the worker between the broker's accept and the engine's records);
+# - reject: RMS rejection; auth: session expired; partial:N: N filled, the rest cancelled by the exchange.
+# And on keys.paper_followup_faults(), one per follow-up call: error500 (the call answers HTTP 500).
+FAULTS = ("ok", "unavailable", "timeout", "error500", "timeout_after_accept", "slow_after_accept", "reject", "auth",
+          "partial:N")
 SLOW_ANSWER_SECONDS = 5.0
+PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
+
+# Settles an order whose fill time has come, atomically and idempotently, and plays a follow-up fault.
+# KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call. Returns {fault or false, hash}.
+_SETTLE = """
+local fault = false
+if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
+if redis.call('HGET', KEYS[1], 'status') == 'OPEN' and tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'fill_at')) then
+  local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
+  redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
+end
+return {fault, redis.call('HGETALL', KEYS[1])}
+"""
+
+
+@dataclass(frozen=True)
+class Timing:
+    latency_ms: float = 0.0  # one round trip, like Kite's 30–100 ms
+    fill_ms: float = 0.0  # how long a MARKET order stays OPEN
+
+    def leg(self) -> None:
+        """Half a round trip, with Kite-like jitter (±40%)."""
+        if self.latency_ms > 0:
+            time.sleep(self.latency_ms * random.uniform(0.6, 1.4) / 2000)
 
 
 class PaperBroker:
     name = "paper"
 
-    def __init__(self, conn: redis.Redis | None = None, account_id: int = 0, slippage_bps: Decimal = Decimal(0)):
+    def __init__(self, conn: redis.Redis | None = None, account_id: int = 0, slippage_bps: Decimal = Decimal(0),
+                 timing: Timing = Timing(), limiter: RateLimiter | None = None) -> None:
         self.conn = conn
         self.account_id = account_id
         self.slippage = slippage_bps / Decimal(10000)
+        self.timing = timing
+        self.limiter = limiter
 
     def validate_credentials(self, credentials: Credentials) -> None:
         bad = [
@@ -68,6 +109,15 @@ class PaperBroker:
         return instrument.last_price
 
     def place_order(self, order: OrderRequest) -> str:
+        if order.market_protection != -1 and not 0 < order.market_protection <= 100:
+            raise OrderRejected("Market orders without market protection are not allowed via API. Please set market "
+                                "protection or use a Limit order.")
+        if self.limiter is not None:
+            try:
+                self.limiter.acquire(f"paper{self.account_id}", "orders")
+            except TimeoutError as exc:  # nothing was sent
+                raise BrokerUnavailable(str(exc)) from exc
+        self.timing.leg()
         # One round trip for the fault script, the last tick and a new order number.
         pipe = self.conn.pipeline(transaction=False)
         pipe.lpop(keys.paper_faults())
@@ -79,50 +129,109 @@ class PaperBroker:
             raise BrokerUnavailable("paper exchange: HTTP 503 (injected)")
         if fault == "timeout":
             raise BrokerTimeout("paper exchange: read timed out before the order was taken (injected)")
+        if fault == "error500":
+            raise BrokerTimeout("paper exchange: HTTP 500 on placement (injected)")
         if fault == "auth":
             raise BrokerAuthFailed("paper exchange: session expired (injected)")
         order_id = f"{clock.now():%y%m%d}{sequence:09d}"
-        if fault == "reject":
-            state = OrderState(order_id, "REJECTED", order.tag, 0, None,
-                               "RMS:Margin Exceeds, Required:0, Available:0 (injected)")
-        else:
-            price = self._price(order.exchange, order.symbol, tick)
-            moved = price * (1 + self.slippage) if order.side == "BUY" else price * (1 - self.slippage)
-            state = OrderState(order_id, "COMPLETE", order.tag, order.quantity, moved.quantize(PAISE))
-        self._store(order, state)
+        self._book(order, order_id, fault, tick)
         if fault == "timeout_after_accept":
             raise BrokerTimeout("paper exchange: read timed out after the order was taken (injected)")
         if fault == "slow_after_accept":
             time.sleep(SLOW_ANSWER_SECONDS)
+        self.timing.leg()
         return order_id
 
-    def _store(self, order: OrderRequest, state: OrderState) -> None:
+    def _book(self, order: OrderRequest, order_id: str, fault: str, tick: bytes | None) -> None:
+        price = self._price(order.exchange, order.symbol, tick)
+        moved = (price * (1 + self.slippage) if order.side == "BUY" else price * (1 - self.slippage)).quantize(PAISE)
+        now = clock.epoch()
         fields = {
-            "status": state.status, "tag": order.tag, "side": order.side, "quantity": order.quantity,
+            "status": "OPEN", "tag": order.tag, "side": order.side, "quantity": order.quantity,
             "exchange": order.exchange, "symbol": order.symbol, "product": order.product,
-            "filled_quantity": state.filled_quantity, "average_price": str(state.average_price or ""),
-            "message": state.message or "", "account_id": self.account_id, "placed_at": clock.now().isoformat(),
+            "filled_quantity": 0, "average_price": str(moved), "message": "", "account_id": self.account_id,
+            "placed_at": clock.now().isoformat(), "placed_epoch": f"{now:.6f}",
+            "fill_at": int((now * 1000) + self.timing.fill_ms),
+            "market_protection": order.market_protection, "algo_id": order.algo_id or "",
+            "planned_status": "COMPLETE", "planned_filled": order.quantity, "planned_message": "",
         }
+        if fault == "reject":
+            fields.update(status="REJECTED", average_price="",
+                          message="RMS:Margin Exceeds, Required:0, Available:0 (injected)")
+        elif fault.startswith("partial:"):
+            fields.update(planned_status="CANCELLED", planned_filled=min(int(fault.split(":")[1]), order.quantity),
+                          planned_message=PARTIAL_MESSAGE)
         pipe = self.conn.pipeline()
-        pipe.hset(keys.paper_order(state.order_id), mapping=fields)
-        pipe.expire(keys.paper_order(state.order_id), ORDER_TTL_SECONDS)
-        pipe.rpush(keys.paper_tag(self.account_id, order.tag), state.order_id)
+        pipe.hset(keys.paper_order(order_id), mapping=fields)
+        pipe.expire(keys.paper_order(order_id), ORDER_TTL_SECONDS)
+        pipe.rpush(keys.paper_tag(self.account_id, order.tag), order_id)
         pipe.expire(keys.paper_tag(self.account_id, order.tag), ORDER_TTL_SECONDS)
         pipe.execute()
+        if fields["status"] == "OPEN":
+            _fills(self.conn).at(fields["fill_at"] / 1000, order_id)
 
     def order_status(self, order_id: str) -> OrderState:
-        raw = {k.decode(): v.decode() for k, v in self.conn.hgetall(keys.paper_order(order_id)).items()}
-        if not raw:
-            raise OrderRejected(f"paper exchange has no order {order_id}")
-        return OrderState(
-            order_id=order_id,
-            status=raw["status"],
-            tag=raw["tag"],
-            filled_quantity=int(raw["filled_quantity"]),
-            average_price=Decimal(raw["average_price"]) if raw["average_price"] else None,
-            message=raw["message"] or None,
-        )
+        self.timing.leg()
+        state = settle(self.conn, order_id, followup=True)
+        self.timing.leg()
+        return state
 
     def orders_by_tag(self, tag: str) -> list[OrderState]:
+        self.timing.leg()
         ids = self.conn.lrange(keys.paper_tag(self.account_id, tag), 0, -1)
-        return [self.order_status(order_id.decode()) for order_id in ids]
+        found = [settle(self.conn, order_id.decode(), followup=True) for order_id in ids]
+        self.timing.leg()
+        return found
+
+
+def settle(conn: redis.Redis, order_id: str, followup: bool = False) -> OrderState:
+    fault, flat = redis_client.script(conn, _SETTLE)(
+        keys=[keys.paper_order(order_id), keys.paper_followup_faults()],
+        args=[int(clock.epoch() * 1000), "1" if followup else "0"], client=conn)
+    if fault == b"error500":
+        raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
+    raw = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+    if not raw:
+        raise BrokerUnavailable(f"paper exchange has no order {order_id}")
+    filled = int(raw["filled_quantity"])
+    return OrderState(order_id=order_id, status=raw["status"], tag=raw["tag"], filled_quantity=filled,
+                      average_price=Decimal(raw["average_price"]) if filled and raw["average_price"] else None,
+                      message=raw["message"] or None)
+
+
+class _Fills:
+    """Fills each OPEN order at its fill time and pushes the update, from one thread per process."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self.due: list[tuple[float, str]] = []
+        self.wake = threading.Condition()
+        threading.Thread(target=self._run, name="paper-fills", daemon=True).start()
+
+    def at(self, epoch: float, order_id: str) -> None:
+        with self.wake:
+            heapq.heappush(self.due, (epoch, order_id))
+            self.wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.due or self.due[0][0] > clock.epoch():
+                    self.wake.wait(self.due[0][0] - clock.epoch() if self.due else None)
+                _, order_id = heapq.heappop(self.due)
+            try:
+                updates.publish(self.conn, settle(self.conn, order_id))
+            except (redis.RedisError, BrokerUnavailable):
+                pass  # the engine's poll settles it instead
+
+
+_fill_threads: dict[int, _Fills] = {}
+_fill_guard = threading.Lock()
+
+
+def _fills(conn: redis.Redis) -> _Fills:
+    with _fill_guard:
+        found = _fill_threads.get(id(conn))
+        if found is None:
+            found = _fill_threads[id(conn)] = _Fills(conn)
+        return found

@@ -3,6 +3,7 @@ one is the ordinary case). Everything that enqueues work for the engine goes thr
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import redis
 from redis.client import Pipeline
@@ -12,7 +13,9 @@ from webapp.engine.events import Event
 
 JOB_FUNCTION = "jobs.tasks.handle_events"
 RESULT_TTL_SECONDS = 24 * 3600
-BATCH_MAX = 25
+# A worker keeps a whole batch's orders in flight at once (engine/executor.py), so a herd is best split
+# into one batch per worker; the cap bounds one job's size and its timeout.
+BATCH_MAX = 500
 
 
 def job_timeout(events: int) -> int:
@@ -30,27 +33,28 @@ def enqueue(conn: redis.Redis, events: list[Event], pipeline: Pipeline | None = 
     )
 
 
-def batches(events: list[Event], workers: int) -> list[list[Event]]:
-    """Same-queue batches, one share per live worker (so every worker starts at once), at most
-    BATCH_MAX events each when a herd arrives."""
+def batches(events: list[Event], workers: Callable[[str], int]) -> list[list[Event]]:
+    """Same-queue batches, one share per live worker of that queue (so every worker starts at once), at
+    most BATCH_MAX events each."""
     by_queue: dict[str, list[Event]] = {}
     for event in events:
         by_queue.setdefault(event.queue, []).append(event)
     result = []
-    for same in by_queue.values():
-        size = max(1, min(BATCH_MAX, -(-len(same) // workers)))
+    for queue, same in by_queue.items():
+        size = max(1, min(BATCH_MAX, -(-len(same) // workers(queue))))
         result.extend(same[i:i + size] for i in range(0, len(same), size))
     return result
 
 
-_workers_seen = (0.0, 1)
+_workers_seen: dict[str, tuple[float, int]] = {}
 
 
-def live_workers(conn: redis.Redis) -> int:
-    """How many RQ workers are registered (cached for 5 s): the share to split simultaneous events into."""
-    global _workers_seen
-    checked, count = _workers_seen
-    if time.monotonic() - checked > 5:
-        count = max(1, Worker.count(connection=conn))
-        _workers_seen = (time.monotonic(), count)
+def live_workers(conn: redis.Redis) -> Callable[[str], int]:
+    """How many RQ workers listen on a queue (cached for 5 s): the share to split simultaneous events into."""
+    def count(queue: str) -> int:
+        checked, found = _workers_seen.get(queue, (float("-inf"), 1))
+        if time.monotonic() - checked > 5:
+            found = max(1, Worker.count(connection=conn, queue=Queue(queue, connection=conn)))
+            _workers_seen[queue] = (time.monotonic(), found)
+        return found
     return count

@@ -1,39 +1,43 @@
-"""The execution engine's one entry point: handle events, each under its strategy's lock, by the state
+"""The execution engine's one entry point: handle events, each under its own strategy's lock, by the state
 machine. Paper and live run every line of this; only the Broker differs.
 
-Events come in batches (a batch of one is the ordinary case): the 09:15 herd arrives as a thousand
-triggers in one second, and per-job and per-commit costs, not the broker, would then set the pace. So a
-batch loads its strategies in one query, commits every intent row in one transaction before any broker
-call, and commits every result with its strategy's new state in one more. An event whose first attempt
-fails goes down the careful path (orders.place) at once, still under its lock."""
+Events come in batches (a batch of one is the ordinary case; the 09:15 herd arrives as a thousand
+triggers in one second). The batch is prepared together, in one transaction: its locks taken in one
+round trip, its strategies and earlier attempts read in one query, every intent row claimed in one commit
+before any broker call. Then every order is in flight at once, each on a thread of its own (the broker
+answers in 30–100 ms and fills in hundreds: waiting, not CPU, sets the pace; the kiteconnect client is
+synchronous, so threads, not asyncio), and each strategy's new state is committed and published the
+moment its own order is final. One account's failure fails only that account's strategies."""
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from flask import current_app
-from redis.lock import Lock
+from flask import Flask, current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from webapp import clock, live, redis_client
-from webapp.brokers import Broker, OrderRequest, OrderState, get_broker
-from webapp.engine import runtime, schedule
+from webapp.brokers import Broker, BrokerAuthFailed, OrderState, get_broker
+from webapp.engine import lateness, runtime, schedule
 from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
+from webapp.engine.locks import Held, Locks, locks
 from webapp.engine.orders import (
     RESOLVED,
-    DuplicateDelivery,
+    LockLost,
     LoginRequired,
     OrderFailed,
     OrderUnknown,
-    attempt,
-    intent,
-    place,
+    claim,
+    execute,
+    record,
     request_for,
 )
 from webapp.extensions import db
-from webapp.keys import runtime_lock
 from webapp.models import AuditEvent, BrokerAccount, OrderLog, Strategy
 from webapp.state_machine import RUNNING, TERMINAL, Status, can_transition, event_may_act
 
@@ -42,46 +46,72 @@ log = logging.getLogger("engine")
 EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, STOP: Status.STOPPED, KILL: Status.KILLED}
 LOCK_WAIT_SECONDS = 30
 FLAGGED = "flagged_strategies"  # session.info: other strategies this unit of work changed, to publish after commit
+PARTIAL = "partial"  # an exit that filled part of the position: the rest is tried again
 
 
-class LockBusy(Exception):
-    pass
+@dataclass
+class Work:
+    """An order to place on a thread of its own: a fresh claimed attempt (row_id) or the careful path."""
+    event: Event
+    strategy_id: int
+    held: Held
+    row_id: int | None
 
 
-def handle(event: Event) -> str:
-    return handle_many([event])[0]
+_pool: ThreadPoolExecutor | None = None
+_slots: threading.BoundedSemaphore | None = None
+_pool_guard = threading.Lock()
 
 
-def handle_many(events: list[Event]) -> list[str]:
-    """Returns what happened to each event, in order, for the job result and the log."""
-    early = (max(e.instant for e in events) - clock.now()).total_seconds()
-    if early > 0:  # belt and braces: a trigger never acts before its instant
-        time.sleep(early)
-    conn = redis_client.current()
-    ttl = current_app.config["LOCK_TIMEOUT_SECONDS"]
-    held: dict[str, Lock] = {}
-    later: list[Event] = []
+def _submit(fn: Callable[[Flask, Any], str], app: Flask, item: Any) -> None:
+    """Onto a thread of the process's pool; blocks while every thread is busy (back-pressure on the queue)."""
+    global _pool, _slots
+    with _pool_guard:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(app.config["ORDER_THREADS"], thread_name_prefix="order")
+            _slots = threading.BoundedSemaphore(app.config["ORDER_THREADS"])
+    _slots.acquire()
+    _pool.submit(fn, app, item).add_done_callback(lambda _: _slots.release())
+
+
+def _locks() -> Locks:
+    return locks(redis_client.current(), current_app.config["LOCK_TIMEOUT_SECONDS"])
+
+
+def accept(events: list[Event]) -> list[str]:
+    """Takes a batch from the queue: prepares it here, then hands every order to the pool and returns, so
+    the worker takes its next job (the next user's STOP, the next batch) while these orders are in flight.
+    Returns what happened to each event so far, in order, for the job result and the log. A process that
+    dies with orders in flight has their claimed intent rows in the database: recovery resends those
+    events, and the careful path finds each order by tag."""
+    lateness.wait_until_due(events)
+    app = current_app._get_current_object()
+    held = _locks().try_many(list(dict.fromkeys(e.strategy_id for e in events)))
+    first, later, seen = [], [], set()
     for event in events:
-        lock = conn.lock(runtime_lock(event.strategy_id), timeout=ttl, blocking_timeout=LOCK_WAIT_SECONDS)
-        # In a batch, a busy strategy waits its turn after the batch instead of holding the others up.
-        if lock.acquire(blocking=len(events) == 1):
-            held[event.event_id] = lock
-        elif len(events) == 1:
-            log.critical("strategy lock not acquired", extra=_ids(event))
-            raise LockBusy(f"runtime lock for strategy {event.strategy_id} busy for {LOCK_WAIT_SECONDS} s")
-        else:
-            later.append(event)
-    try:
-        outcomes = _act([e for e in events if e.event_id in held], list(held.values()))
-    finally:
-        for event_id, lock in held.items():
-            try:
-                lock.release()
-            except Exception:  # noqa: BLE001 — an expired lock is logged; the outcome stands
-                log.error("strategy lock expired while acting", extra={"event_id": event_id})
+        # A busy strategy (or a second event for one) waits its turn on a thread, not holding up the rest.
+        (first if event.strategy_id in held and event.strategy_id not in seen else later).append(event)
+        seen.add(event.strategy_id)
+    outcomes, work = _prepare(first, held)
+    for item in work:
+        _submit(_run, app, item)
+        outcomes[item.event.event_id] = "placing"
     for event in later:
-        outcomes[event.event_id] = handle(event)
+        _submit(_alone, app, event)
+        outcomes[event.event_id] = "waiting for its strategy's lock"
     return [outcomes[e.event_id] for e in events]
+
+
+def _alone(app: Flask, event: Event) -> str:
+    """An event whose strategy is busy: it waits for the lock. An exit waits as long as it takes (it is
+    never given up); a BUY only until its lateness rule says it may no longer be placed."""
+    with app.app_context():
+        while (held := _locks().wait_for(event.strategy_id, LOCK_WAIT_SECONDS)) is None:
+            log.critical("strategy lock busy", extra=_ids(event, waited_s=LOCK_WAIT_SECONDS))
+            if lateness.missed_entry(event, current_app.config["MISSED_ENTRY_GRACE_SECONDS"]):
+                return "dropped: strategy busy past the buy time's grace"
+        outcomes, work = _prepare([event], {event.strategy_id: held})
+        return _run(app, work[0]) if work else outcomes[event.event_id]
 
 
 def _ids(event: Event, strategy: Strategy | None = None, **more: object) -> dict:
@@ -91,12 +121,22 @@ def _ids(event: Event, strategy: Strategy | None = None, **more: object) -> dict
     return {**ids, **more}
 
 
+def _done(event: Event, rows: list[OrderLog]) -> bool:
+    """The event has had its final answer. An exit whose last order filled only part is not done: the
+    rest of the position is still to be sold."""
+    resolved = [row for row in rows if row.status in RESOLVED]
+    if not resolved:
+        return False
+    last = resolved[-1]
+    return event.event == BUY or not 0 < (last.filled_quantity or 0) < last.quantity
+
+
 def _verdict(event: Event, strategy: Strategy | None, rows: list[OrderLog]) -> str | None:
     """Why this event must be dropped, or None when it may act."""
     if strategy is None:
         log.warning("event for a missing strategy dropped", extra=_ids(event))
         return "dropped: no such strategy"
-    if any(row.status in RESOLVED for row in rows):
+    if _done(event, rows):
         log.info("duplicate event dropped", extra=_ids(event, strategy))
         return "dropped: duplicate"
     if not event_may_act(event.event, strategy.status):
@@ -105,9 +145,11 @@ def _verdict(event: Event, strategy: Strategy | None, rows: list[OrderLog]) -> s
     return None
 
 
-def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
+def _prepare(events: list[Event], held: dict[int, Held]) -> tuple[dict[str, str], list[Work]]:
+    """In this thread's session: the verdicts, events that need no order finished, and every fresh
+    intent row claimed in one commit. Returns the outcomes so far and the orders to place."""
     if not events:
-        return {}
+        return {}, []
     strategies = {s.id: s for s in db.session.scalars(
         select(Strategy).where(Strategy.id.in_({e.strategy_id for e in events}))
         .execution_options(populate_existing=True))}
@@ -117,9 +159,10 @@ def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
         prior[row.event_id].append(row)
 
     outcomes: dict[str, str] = {}
-    orders: list[tuple[Event, Strategy]] = []
-    careful: list[tuple[Event, Strategy]] = []
-    changed: list[Strategy] = []
+    finished: list[Strategy] = []
+    fresh: list[tuple[Event, OrderLog]] = []
+    careful: list[Event] = []
+    grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
     for event in events:
         strategy = strategies.get(event.strategy_id)
         verdict = _verdict(event, strategy, prior[event.event_id])
@@ -128,67 +171,83 @@ def _act(events: list[Event], locks: list[Lock]) -> dict[str, str]:
             continue
         log.info("event accepted", extra=_ids(event, strategy, status=strategy.status, lateness_ms=round(
             (clock.now() - event.instant).total_seconds() * 1000, 2)))
+        late = lateness.missed_entry(event, grace)
         if event.event == FAIL:
             outcomes[event.event_id] = _fail(strategy, event, event.reason or "failed")
-            changed.append(strategy)
         elif event.event != BUY and strategy.status != Status.IN_POSITION:
             strategy.last_action = event.event  # STOP or KILL before entry: nothing to square off
             outcomes[event.event_id] = _finish(strategy, EXIT_STATUS[event.event], _reason(event))
-            changed.append(strategy)
+        elif late and not prior[event.event_id]:
+            outcomes[event.event_id] = _fail(strategy, event, late)  # never placed, first attempt included
         elif prior[event.event_id]:
-            careful.append((event, strategy))  # an earlier attempt exists: find out before acting again
+            careful.append(event)  # an earlier attempt exists: find out before acting again
+            continue
         else:
-            orders.append((event, strategy))
-
-    requests = {e.event_id: request_for(s, e, *_order_for(e, s)) for e, s in orders + careful}
-    rows = {e.event_id: intent(s, e, requests[e.event_id], 1) for e, s in orders}
+            request = request_for(strategy, event, *_order_for(event, strategy))
+            fresh.append((event, claim(strategy, event, request, 1, held[event.strategy_id])))
+            continue
+        finished.append(strategy)
     try:
-        db.session.commit()  # every intent is durable before any broker call
+        db.session.commit()  # every claim is durable before any broker call
     except IntegrityError:
-        db.session.rollback()  # another worker is on one of these events: each goes the careful way
-        careful, orders, rows = careful + orders, [], {}
-
-    for event, strategy in orders + careful:
-        outcome = _execute(event, strategy, requests[event.event_id], rows.get(event.event_id), locks)
-        outcomes[event.event_id] = outcome or "dropped: concurrent delivery"
-        if outcome:
-            changed.append(strategy)
-
-    db.session.commit()  # every result with its strategy's new state
-    _publish(changed, db.session.info.pop(FLAGGED, []))
-    return outcomes
+        db.session.rollback()  # another holder claimed one of these: decide again; that one goes the careful way
+        db.session.info.pop(FLAGGED, None)
+        return _prepare(events, held)
+    _publish(finished, db.session.info.pop(FLAGGED, []))
+    for event in events:
+        if event.event_id in outcomes:
+            _locks().release(held[event.strategy_id])
+    work = [Work(event, event.strategy_id, held[event.strategy_id], row.id) for event, row in fresh]
+    return outcomes, work + [Work(event, event.strategy_id, held[event.strategy_id], None) for event in careful]
 
 
-def _execute(event: Event, strategy: Strategy, request: OrderRequest, row: OrderLog | None,
-             locks: list[Lock]) -> str | None:
-    """Place the event's order: the first attempt on its committed intent row, and the careful path
-    (orders.place) if that fails or if there is no fresh row. None: another worker has this event."""
-    broker = _broker(strategy)
-    try:
-        state = attempt(broker, strategy, event, row, request) if row is not None else None
-        if state is None:
-            state = place(broker, strategy, event, request, _keep_alive(locks))
-    except DuplicateDelivery as exc:
-        log.warning("concurrent delivery dropped", extra=_ids(event, strategy, error=str(exc)))
-        return None
-    except (OrderFailed, OrderUnknown) as exc:
-        return _failed(strategy, event, exc)
-    except Exception as exc:  # noqa: BLE001 — an intent row exists: the order may be at the broker
-        log.exception("unexpected error while placing", extra=_ids(event, strategy))
-        return _failed(strategy, event, OrderUnknown(f"unexpected error: {exc!r}"))
-    return _apply(strategy, event, state)
+def _run(app: Flask, work: Work) -> str:
+    """One event's order on its own thread, session and commit."""
+    with app.app_context():
+        try:
+            return _place(work)
+        except Exception:  # noqa: BLE001 — logged here; the lock is released and recovery looks again
+            log.exception("event failed unexpectedly", extra=_ids(work.event))
+            db.session.rollback()
+            return "error: see the log"
+        finally:
+            _locks().release(work.held)
+
+
+def _place(work: Work) -> str:
+    event = work.event
+    strategy = db.session.get(Strategy, work.strategy_id)
+    row = db.session.get(OrderLog, work.row_id) if work.row_id is not None else None
+    while True:
+        request = request_for(strategy, event, *_order_for(event, strategy))
+        try:
+            state, row, note = execute(_broker(strategy), strategy, event, request, work.held, _locks(), row)
+        except LockLost as exc:
+            db.session.rollback()
+            log.error("lock lost: this holder stops acting", extra=_ids(event, strategy, error=str(exc)))
+            return "dropped: lock lost"
+        except BrokerAuthFailed as exc:  # no usable session stored for this account
+            outcome = _failed(strategy, event, LoginRequired(str(exc)))
+        except (OrderFailed, OrderUnknown) as exc:
+            outcome = _failed(strategy, event, exc)
+        except Exception as exc:  # noqa: BLE001 — an intent row exists: the order may be at the broker
+            log.exception("unexpected error while placing", extra=_ids(event, strategy))
+            outcome = _failed(strategy, event, OrderUnknown(f"unexpected error: {exc!r}"))
+        else:
+            if not record(row, state, work.held, note):
+                db.session.rollback()
+                log.error("attempt taken over by another holder", extra=_ids(event, strategy))
+                return "dropped: taken over"
+            outcome = _apply(strategy, event, state)
+        db.session.commit()
+        _publish([strategy], db.session.info.pop(FLAGGED, []))
+        if outcome != PARTIAL:
+            return outcome
+        row = None  # an exit filled in part: the rest of the position is sold by a new attempt
 
 
 def _order_for(event: Event, strategy: Strategy) -> tuple[str, int]:
     return ("BUY", strategy.quantity) if event.event == BUY else ("SELL", strategy.position)
-
-
-def _keep_alive(locks: list[Lock]):  # type: ignore[no-untyped-def]
-    """The careful path can take tens of seconds: keep every lock this batch holds from expiring."""
-    def refresh() -> None:
-        for lock in locks:
-            lock.reacquire()
-    return refresh
 
 
 def _broker(strategy: Strategy) -> Broker:
@@ -199,6 +258,8 @@ def _publish(strategies: list[Strategy], flagged: list[Strategy]) -> None:
     """Redis after the database. `flagged` are other strategies whose attention flag this unit of work set
     without holding their locks: only that flag is written, never their status or position, which another
     worker may be changing right now."""
+    if not strategies and not flagged:
+        return
     conn = redis_client.current()
     pipe = conn.pipeline(transaction=False)
     for strategy in strategies:
@@ -215,30 +276,36 @@ def _publish(strategies: list[Strategy], flagged: list[Strategy]) -> None:
 
 
 def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:
-    """The strategy's new state from the broker's final answer (committed by the caller)."""
+    """The strategy's new state from the broker's final answer (committed by the caller). The position is
+    what the broker filled, whatever the order's final status."""
+    filled, message = state.filled_quantity, state.message or "no reason given"
     if event.event == BUY:
-        if state.status != "COMPLETE" or state.filled_quantity <= 0:
-            return _fail(strategy, event, f"BUY {state.status.lower()}: {state.message or 'no reason given'}")
+        if filled <= 0:
+            return _fail(strategy, event, f"BUY {state.status.lower()}: {message}")
         strategy.status = Status.IN_POSITION.value
-        strategy.position = state.filled_quantity
+        strategy.position = filled
         strategy.entry_price = state.average_price
         strategy.last_action = BUY
-        log.info("entered position", extra=_ids(event, strategy, quantity=state.filled_quantity,
-                                                 price=str(state.average_price)))
-        return f"bought {state.filled_quantity} @ {state.average_price}"
+        if filled < strategy.quantity:
+            strategy.status_reason = (f"Bought {filled} of {strategy.quantity}: the exchange cancelled the rest "
+                                      f"({message}). The {filled} held are watched by the stop-loss and sold at "
+                                      f"sell time.")
+            log.warning("entry partly filled", extra=_ids(event, strategy, quantity=filled, asked=strategy.quantity))
+        log.info("entered position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price)))
+        return f"bought {filled} @ {state.average_price}"
     held = strategy.position
-    if state.status != "COMPLETE" or state.filled_quantity <= 0:
-        return _fail(strategy, event, f"exit SELL {state.status.lower()} ({state.message or 'no reason given'}); "
-                                      f"position of {held} still open")
-    strategy.position = held - state.filled_quantity
+    if filled <= 0:
+        return _fail(strategy, event, f"exit SELL {state.status.lower()} ({message}); position of {held} still open")
+    strategy.position = held - filled
     strategy.exit_price = state.average_price
     strategy.last_action = event.event
     if strategy.position:
-        return _fail(strategy, event, f"exit filled {state.filled_quantity} of {held}; {strategy.position} still open")
-    log.info("exited position", extra=_ids(event, strategy, quantity=state.filled_quantity,
-                                            price=str(state.average_price)))
+        strategy.status_reason = f"Sold {filled} of {held}; selling the other {strategy.position} again."
+        log.warning("exit partly filled", extra=_ids(event, strategy, quantity=filled, held=held))
+        return PARTIAL
+    log.info("exited position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price)))
     _finish(strategy, EXIT_STATUS[event.event], _reason(event))
-    return f"sold {state.filled_quantity} @ {state.average_price} ({event.event})"
+    return f"sold {filled} @ {state.average_price} ({event.event})"
 
 
 def _failed(strategy: Strategy, event: Event, exc: Exception) -> str:
@@ -280,7 +347,7 @@ def _fail(strategy: Strategy, event: Event, reason: str, position_unknown: bool 
     level = logging.CRITICAL if at_risk else logging.ERROR
     log.log(level, "strategy failed" + (" with money at risk" if at_risk else ""),
             extra=_ids(event, strategy, reason=reason, position=strategy.position))
-    return _finish(strategy, Status.FAILED, reason)
+    return _finish(strategy, Status.FAILED, reason[:255])
 
 
 def _mark_login_required(strategy: Strategy) -> None:

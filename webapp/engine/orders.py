@@ -1,16 +1,26 @@
-"""Placing one order for one event, safely: an intent row is committed before the broker is called,
-a timeout is looked up by tag before anything is placed again, and an order is followed to a final
-state. Money-safety invariants 1 and 5 (DESIGN.md section 6) live here."""
+"""Placing one event's order, safely (DESIGN.md section 6, invariants 1, 5, 6 and 8):
+- The intent row is the claim. It is inserted already claimed (status SENDING, the lock's token as holder)
+  and committed before the broker hears of the order; (event_id, attempt) is unique, so only one holder
+  can ever claim an attempt. Right before the broker call the holder checks that its strategy lock is
+  still its own. A result is recorded only where the row's holder is still the recorder.
+- A row left SENDING by another holder (its lock lost, its worker dead) is not trusted either way: once
+  its claim is older than any placement call can take, the order is looked up by tag; found, it is taken
+  over and followed; not found, the row is NOT_PLACED and a new attempt may be made.
+- A placement that got no usable answer (timeout, reset, HTTP 5xx) is looked up by tag before anything is
+  placed again. A follow-up error (order status) is never a "no": the order is followed until
+  ORDER_CONFIRM_TIMEOUT, time spent waiting for the rate limiter not counted.
+- Accepted is not filled: the order is followed to a final state by pushed updates, polling as the fallback."""
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from webapp import redis_client
 from webapp.brokers import (
     Broker,
     BrokerAuthFailed,
@@ -20,16 +30,24 @@ from webapp.brokers import (
     OrderRejected,
     OrderRequest,
     OrderState,
+    updates,
 )
-from webapp.engine.events import BUY, Event
+from webapp.brokers.base import FINAL_STATUSES
+from webapp.brokers.ratelimit import time_waited
+from webapp.engine import lateness
+from webapp.engine.events import Event
+from webapp.engine.locks import Held, Locks
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy, utcnow
 
 log = logging.getLogger("engine.orders")
 
-RESOLVED = frozenset({"COMPLETE", "REJECTED", "CANCELLED"})
-# Rows an earlier attempt may have left while the broker might have the order.
-AMBIGUOUS = frozenset({"PENDING", "TIMEOUT", "PLACED"})
+RESOLVED = FINAL_STATUSES
+# Rows whose order the broker may have without our knowing its final state.
+IN_DOUBT = frozenset({"SENDING", "TIMEOUT"})
+# How long a placement call can take at most (the client's timeout) and a margin: past it, a SENDING row's
+# holder is surely no longer sending, and a look-up by tag is the truth.
+CLAIM_MARGIN_SECONDS = 3.0
 
 
 class OrderFailed(Exception):
@@ -37,23 +55,21 @@ class OrderFailed(Exception):
 
 
 class OrderUnknown(Exception):
-    """We cannot tell whether the broker has the order. Never guess: stop and tell a human."""
+    """We cannot tell whether the broker has the order, or how much of it filled. Never guess: stop and tell
+    a human."""
 
 
 class LoginRequired(OrderFailed):
     pass
 
 
-class DuplicateDelivery(Exception):
-    """Another worker is placing (or placed) this event's order."""
+class LockLost(Exception):
+    """This process no longer holds the strategy's lock: another holder acts for it now. Nothing is sent."""
 
 
 def rows_for(event_id: str) -> list[OrderLog]:
-    return list(db.session.scalars(select(OrderLog).where(OrderLog.event_id == event_id).order_by(OrderLog.attempt)))
-
-
-def already_resolved(event_id: str) -> bool:
-    return any(row.status in RESOLVED for row in rows_for(event_id))
+    return list(db.session.scalars(select(OrderLog).where(OrderLog.event_id == event_id).order_by(OrderLog.attempt)
+                                   .execution_options(populate_existing=True)))
 
 
 def _ctx(event: Event, strategy: Strategy, **more: object) -> dict:
@@ -61,128 +77,185 @@ def _ctx(event: Event, strategy: Strategy, **more: object) -> dict:
             "tag": event.tag, **more}
 
 
-def _record(row: OrderLog, state: OrderState, note: str | None = None) -> None:
-    """Sets the row from the broker's answer; the caller commits it together with the strategy's new state."""
-    row.broker_order_id = state.order_id or row.broker_order_id
-    row.status = state.status
-    row.price = state.average_price
-    row.error = "; ".join(x for x in (note, state.message) if x) or None
-    row.updated_at = utcnow()
+def request_for(strategy: Strategy, event: Event, side: str, quantity: int) -> OrderRequest:
+    config = current_app.config
+    return OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag,
+                        market_protection=config["MARKET_PROTECTION"],
+                        algo_id=strategy.algo_id or config["KITE_ALGO_ID"] or None)
 
 
-def _confirm(broker: Broker, order_id: str, event: Event, strategy: Strategy) -> OrderState:
-    """Accepted is not filled: follow the order until COMPLETE, REJECTED or CANCELLED."""
-    deadline = time.monotonic() + current_app.config["ORDER_CONFIRM_TIMEOUT"]
-    pause = 0.02
-    while True:
-        try:
-            state = broker.order_status(order_id)
-            if state.final:
-                return state
-        except BrokerUnavailable as exc:
-            log.warning("order status unavailable, retrying", extra=_ctx(event, strategy, error=str(exc)))
-        if time.monotonic() >= deadline:
-            raise OrderUnknown(f"order {order_id} did not reach a final state within "
-                               f"{current_app.config['ORDER_CONFIRM_TIMEOUT']:.0f} s")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
+def claim(strategy: Strategy, event: Event, request: OrderRequest, attempt: int, held: Held) -> OrderLog:
+    """The claimed intent row (the caller commits it, before any broker call)."""
+    row = OrderLog(strategy_id=strategy.id, user_id=strategy.user_id, event=event.event, event_id=event.event_id,
+                   side=request.side, quantity=request.quantity, tag=event.tag, status="SENDING", attempt=attempt,
+                   holder=held.token, claimed_at=utcnow())
+    db.session.add(row)
+    return row
 
 
-def _look_up(broker: Broker, event: Event, strategy: Strategy) -> OrderState | None:
+def _swap(row: OrderLog, holder: str, **values: object) -> bool:
+    """Compare-and-set on the row's holder and status: True when this caller changed it."""
+    result = db.session.execute(update(OrderLog).where(
+        OrderLog.id == row.id, OrderLog.holder == row.holder, OrderLog.status == row.status,
+    ).values(holder=holder, updated_at=utcnow(), **values))
+    return result.rowcount == 1
+
+
+def record(row: OrderLog, state: OrderState, held: Held, note: str | None = None) -> bool:
+    """Sets the row from the broker's final answer, if this holder still owns it (the caller commits it
+    together with the strategy's new state). False: another holder took the event over."""
+    error = "; ".join(x for x in (note, state.message) if x) or None
+    if not _swap(row, held.token, broker_order_id=state.order_id or row.broker_order_id, status=state.status,
+                 filled_quantity=state.filled_quantity, price=state.average_price, error=error):
+        return False
+    row.broker_order_id, row.status, row.filled_quantity = state.order_id or row.broker_order_id, state.status, \
+        state.filled_quantity
+    row.price, row.error, row.holder = state.average_price, error, held.token
+    return True
+
+
+def _mark(row: OrderLog, held: Held, status: str, error: str) -> None:
+    """An attempt's non-final outcome, committed at once (it decides what a later attempt may do)."""
+    if _swap(row, held.token, status=status, error=error):
+        row.status, row.error, row.holder = status, error, held.token
+    db.session.commit()
+
+
+def _release_connection() -> None:
+    """Ends the session's transaction, giving its connection back to the pool: nothing holds a database
+    connection while it waits on the broker, or a pool of 15 would cap the orders in flight at 15."""
+    db.session.commit()
+
+
+def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy) -> OrderState:
+    """Accepted is not filled: wait for the order's final state, pushed (postback, ticker, paper fill)
+    or, when no push comes, polled."""
+    config = current_app.config
+    watch = updates.watch(redis_client.current())
+    waiter = watch.expect(order_id)
+    started, limiter_before = time.monotonic(), time_waited()
+    pause = config["ORDER_PUSH_WAIT_SECONDS"] if watch.pushes_flowing() else 0.1
     try:
-        found = broker.orders_by_tag(event.tag)
+        while True:
+            if waiter.event.wait(pause):
+                return waiter.state
+            try:
+                state = broker.order_status(order_id)
+                if state.final:
+                    return state
+            except BrokerUnavailable as exc:  # a follow-up error is not a "no": keep following
+                log.warning("order status unavailable, following on", extra=_ctx(event, strategy, error=str(exc),
+                                                                                  broker_order_id=order_id))
+            spent = time.monotonic() - started - (time_waited() - limiter_before)
+            if spent >= config["ORDER_CONFIRM_TIMEOUT"]:
+                raise OrderUnknown(f"order {order_id} did not reach a final state within "
+                                   f"{config['ORDER_CONFIRM_TIMEOUT']:.0f} s")
+            pause = min(pause * 2, 1.0)
+    finally:
+        watch.done(order_id)
+
+
+def _look_up(broker: Broker, event: Event, strategy: Strategy, known: set[str]) -> OrderState | None:
+    """The event's order at the broker that no row records yet (an exit's earlier partial fill has its own
+    row), or None."""
+    try:
+        found = [o for o in broker.orders_by_tag(event.tag) if o.order_id not in known]
     except BrokerError as exc:
         raise OrderUnknown(f"could not check the broker for order tag {event.tag}: {exc}") from exc
     log.info("looked up order by tag", extra=_ctx(event, strategy, found=len(found)))
     return found[-1] if found else None
 
 
-def request_for(strategy: Strategy, event: Event, side: str, quantity: int) -> OrderRequest:
-    return OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag)
+def _settle_doubt(broker: Broker, event: Event, strategy: Strategy, row: OrderLog, held: Held,
+                  rows: list[OrderLog]) -> OrderState | None:
+    """An attempt that may be at the broker: its order if found (the row taken over), else the row is
+    marked NOT_PLACED and None returned."""
+    if row.status == "SENDING" and row.holder != held.token:
+        ready_at = row.claimed_at + timedelta(seconds=current_app.config["KITE_TIMEOUT_SECONDS"]
+                                              + CLAIM_MARGIN_SECONDS)
+        while utcnow() < ready_at:  # its holder may still be mid-call: wait until it surely is not
+            if held.lost.is_set():
+                raise LockLost(f"strategy {strategy.id}: lock lost while waiting on another holder's attempt")
+            time.sleep(min(0.2, (ready_at - utcnow()).total_seconds()))
+    _release_connection()
+    found = _look_up(broker, event, strategy, {r.broker_order_id for r in rows if r.broker_order_id})
+    if found is not None:
+        if not _swap(row, held.token):
+            raise LockLost(f"attempt {row.attempt} of {event.event_id} was taken over meanwhile")
+        db.session.commit()
+        row.holder = held.token
+        return found
+    _mark(row, held, "NOT_PLACED", f"{row.error or 'no answer'} (not found by tag)")
+    return None
 
 
-def intent(strategy: Strategy, event: Event, request: OrderRequest, attempt: int) -> OrderLog:
-    """The row that must be durable (committed) before the broker hears of the order."""
-    row = OrderLog(strategy_id=strategy.id, user_id=strategy.user_id, event=event.event, event_id=event.event_id,
-                   side=request.side, quantity=request.quantity, tag=event.tag, status="PENDING", attempt=attempt)
-    db.session.add(row)
-    return row
+def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest, held: Held, locks: Locks,
+            fresh: OrderLog | None = None) -> tuple[OrderState, OrderLog, str | None]:
+    """The event's order, placed at most once and followed to its final state. `fresh`: an attempt row this
+    holder claimed and committed, to send at once; otherwise the careful path first settles any attempt in
+    doubt. Returns the final state, its row (not yet recorded: see record()) and a note for the row. Raises OrderFailed,
+    LoginRequired, OrderUnknown, LockLost."""
+    config = current_app.config
+    row = fresh
+    while True:
+        if row is None:
+            rows = rows_for(event.event_id)
+            for doubt in [r for r in rows if r.status in IN_DOUBT]:
+                found = _settle_doubt(broker, event, strategy, doubt, held, rows)
+                if found is not None:
+                    state = found if found.final else follow(broker, found.order_id, event, strategy)
+                    return state, doubt, "found by tag after an unanswered attempt"
+            attempts = len(rows)
+            if attempts >= config["ORDER_ATTEMPTS"]:
+                raise OrderFailed(f"{request.side} failed after {attempts} attempts: "
+                                  f"{rows[-1].error if rows else 'no attempt made'}")
+            if attempts:
+                backoff = config["ORDER_RETRY_BACKOFF"]
+                time.sleep(backoff[min(attempts - 1, len(backoff) - 1)])
+            late = lateness.missed_entry(event, config["MISSED_ENTRY_GRACE_SECONDS"])  # checked last, after any pause
+            if late:
+                raise OrderFailed(late)
+            row = claim(strategy, event, request, attempts + 1, held)
+            try:
+                db.session.commit()
+            except IntegrityError:
+                db.session.rollback()  # another holder claimed this attempt: it acts now, unless we still hold
+                row = None
+                if not all(locks.still_held([held])):
+                    raise LockLost(f"strategy {strategy.id}: lock lost to another holder") from None
+                continue
+        if not all(locks.still_held([held])):
+            _mark(row, held, "NOT_PLACED", "lock lost before sending: not sent")
+            raise LockLost(f"strategy {strategy.id}: lock lost before sending attempt {row.attempt}")
+        _release_connection()
+        state = _send(broker, strategy, event, request, row, held)
+        if state is not None:
+            return state, row, None
+        row = None
 
 
-def attempt(broker: Broker, strategy: Strategy, event: Event, row: OrderLog, request: OrderRequest) -> OrderState | None:
-    """One placement against a committed intent row. Returns the order's final state (the row set but not
-    committed), or None when the broker did not take it: the row, committed, then says whether a retry is
-    safe (ERROR) or must look up the tag first (TIMEOUT). Raises LoginRequired and OrderUnknown."""
+def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest, row: OrderLog,
+          held: Held) -> OrderState | None:
+    """One placement on a claimed row: its final state, or None when the broker did not take it (the row
+    then says whether it surely did not, ERROR, or may have, TIMEOUT)."""
     log.info("placing order", extra=_ctx(event, strategy, side=request.side, quantity=request.quantity,
                                           attempt=row.attempt))
     try:
         order_id = broker.place_order(request)
     except OrderRejected as exc:
-        state = OrderState("", "REJECTED", event.tag, message=str(exc))
-        _record(row, state)
-        return state
+        return OrderState("", "REJECTED", event.tag, message=str(exc))
     except BrokerAuthFailed as exc:
-        row.status, row.error = "ERROR", str(exc)
-        db.session.commit()
+        _mark(row, held, "ERROR", str(exc))
         raise LoginRequired(f"broker login required: {exc}") from exc
     except BrokerUnavailable as exc:
-        timed_out = isinstance(exc, BrokerTimeout)
-        row.status, row.error = ("TIMEOUT" if timed_out else "ERROR"), str(exc)
-        db.session.commit()
-        log.warning("order placement " + ("timed out" if timed_out else "failed"),
+        in_doubt = isinstance(exc, BrokerTimeout)
+        _mark(row, held, "TIMEOUT" if in_doubt else "ERROR", str(exc))
+        log.warning("order placement " + ("got no usable answer" if in_doubt else "failed"),
                     extra=_ctx(event, strategy, attempt=row.attempt, error=str(exc)))
         return None
     row.broker_order_id = order_id
-    state = _confirm(broker, order_id, event, strategy)
-    _record(row, state)
+    state = follow(broker, order_id, event, strategy)
     log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
-                                       price=str(state.average_price), attempt=row.attempt))
+                                       filled=state.filled_quantity, price=str(state.average_price),
+                                       attempt=row.attempt))
     return state
-
-
-def place(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest,
-          keep_alive: Callable[[], None] = lambda: None) -> OrderState:
-    """The careful path, after a first attempt failed or when earlier attempts exist (a redelivery, a
-    crash): looks up by tag whenever the broker may have the order, and places again only when it does
-    not, up to ORDER_ATTEMPTS in all. At most one order reaches the broker for an event."""
-    prior = rows_for(event.event_id)
-    attempts = len(prior)
-    ambiguous = next((row for row in reversed(prior) if row.status in AMBIGUOUS), None)
-    last_error = prior[-1].error if prior else "no attempt made"
-    max_attempts = current_app.config["ORDER_ATTEMPTS"]
-    backoff = current_app.config["ORDER_RETRY_BACKOFF"]
-    while True:
-        keep_alive()
-        if ambiguous is not None:
-            found = _look_up(broker, event, strategy)
-            if found is not None:
-                state = found if found.final else _confirm(broker, found.order_id, event, strategy)
-                _record(ambiguous, state, "found by tag after an unanswered attempt")
-                return state
-            ambiguous.status = "NOT_PLACED"
-            ambiguous.error = f"{ambiguous.error or 'no answer'} (not found by tag)"
-            db.session.commit()
-            ambiguous = None
-        if attempts >= max_attempts:
-            raise OrderFailed(f"{request.side} failed after {attempts} attempts: {last_error}")
-        late = (utcnow() - event.instant).total_seconds()
-        if event.event == BUY and attempts and late > current_app.config["MISSED_ENTRY_GRACE_SECONDS"]:
-            # A BUY resent long after its time (its worker died, recovery found no order): the same rule as
-            # a missed trigger. Entering late is a trade the user did not ask for.
-            raise OrderFailed(f"missed entry: the BUY was not placed within "
-                              f"{current_app.config['MISSED_ENTRY_GRACE_SECONDS']:.0f} s of the buy time")
-        if attempts:
-            time.sleep(backoff[min(attempts - 1, len(backoff) - 1)])
-        attempts += 1
-        row = intent(strategy, event, request, attempts)
-        try:
-            db.session.commit()
-        except IntegrityError as exc:
-            db.session.rollback()
-            raise DuplicateDelivery(f"attempt {attempts} of {event.event_id} is already recorded") from exc
-        state = attempt(broker, strategy, event, row, request)
-        if state is not None:
-            return state
-        last_error = row.error or "no answer"
-        if row.status == "TIMEOUT":
-            ambiguous = row

@@ -23,14 +23,13 @@ from flask import current_app
 from sqlalchemy import select
 
 from webapp import clock, live, redis_client
-from webapp.engine import dispatch, runtime, schedule
+from webapp.engine import dispatch, lateness, runtime, schedule
 from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.engine.orders import RESOLVED
 from webapp.extensions import db
 from webapp.keys import runtime as runtime_key, runtime_lock, strategy as strategy_key
 from webapp.market_calendar import instant, parse_time
-from webapp.models import AuditEvent, OrderLog, Strategy
-from webapp.services import kill_switch
+from webapp.models import AuditEvent, OrderLog, Strategy, active_kill_switches
 from webapp.state_machine import RUNNING, Status, event_may_act
 
 log = logging.getLogger("engine.recovery")
@@ -71,7 +70,7 @@ def reconcile() -> Report:
     conn = redis_client.current()
     running = list(db.session.scalars(select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]),
                                                              Strategy.run_date.is_not(None))))
-    halted_users = {s.user_id for s in kill_switch.active()}  # None in it: a global switch
+    halted_users = {s.user_id for s in active_kill_switches()}  # None in it: a global switch
     now = clock.now()
     snapshots = _snapshots(conn, running)
     for strategy in running:
@@ -157,7 +156,7 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
             continue  # still registered, or already acted on (the engine owns it from there)
         if at > now:
             actions.append(("register", event, at))
-        elif kind == SELL or (now - at).total_seconds() <= grace:
+        elif kind == SELL or not lateness.missed_entry(event, grace, now):
             if kind == SELL and strategy.status != Status.IN_POSITION:
                 continue  # nothing to close: the missed BUY decides this run
             actions.append(("send", event, "sent_now"))
@@ -186,14 +185,11 @@ def _act(conn, strategy: Strategy, action: Action, report: Report) -> None:  # t
             getattr(report, action[2] if kind == "send" else "sent_now").append(action[1].event_id)
 
 
-RUNTIME_FIELDS = ("status", "position", "last_action", "entry_price", "updated_at")
-
-
 def corruption(strategy: Strategy, has_static: bool, fields: dict[str, str]) -> str | None:
     """What is wrong with a running strategy's Redis state against its database row, or None."""
     if not has_static or not fields:
         return "half of its Redis keys are missing"
-    missing = [name for name in RUNTIME_FIELDS if name not in fields]
+    missing = [name for name in runtime.FIELDS if name not in fields]
     if missing:
         return f"runtime fields missing: {', '.join(missing)}"
     try:

@@ -11,6 +11,11 @@ from webapp import clock, keys, redis_client
 from webapp.models import Strategy
 
 
+# Every field the engine keeps in runtime:{id} (the listener adds nothing here; recovery checks them all).
+FIELDS = ("status", "position", "last_action", "entry_price", "exit_price", "status_reason", "needs_attention",
+          "updated_at")
+
+
 def _runtime_fields(strategy: Strategy) -> dict:
     return {
         "status": strategy.status,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from webapp.feeds.base import Instrument, MarketFeed, Tick
 from webapp.feeds.simulated import RandomWalkFeed, ScriptedFeed
@@ -9,8 +10,9 @@ from webapp.feeds.simulated import RandomWalkFeed, ScriptedFeed
 __all__ = ["Instrument", "MarketFeed", "Tick", "get_feed"]
 
 
-def get_feed(config: dict) -> MarketFeed:
-    """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay), FEED=kite (Kite's ticker)."""
+def get_feed(config: dict, on_order_update: Callable[[dict], None] | None = None) -> MarketFeed:
+    """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay), FEED=kite (Kite's ticker, which
+    also pushes its account's order updates to on_order_update)."""
     name = config["FEED"]
     if name == "simulated":
         return RandomWalkFeed(config["FEED_RATE"], config["FEED_VOLATILITY"], config["FEED_SEED"])
@@ -19,5 +21,6 @@ def get_feed(config: dict) -> MarketFeed:
     if name == "kite":
         from webapp.feeds.kite import KiteTickerFeed  # Twisted loads only where the Kite feed is used
 
-        return KiteTickerFeed(config["KITE_FEED_API_KEY"], config["KITE_FEED_ACCESS_TOKEN"], config["KITE_TICKER_ROOT"])
+        return KiteTickerFeed(config["KITE_FEED_API_KEY"], config["KITE_FEED_ACCESS_TOKEN"], config["KITE_TICKER_ROOT"],
+                              on_order_update)
     raise ValueError(f"unknown FEED {name!r} (expected 'simulated', 'csv:PATH' or 'kite')")

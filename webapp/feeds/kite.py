@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from kiteconnect import KiteTicker
 
@@ -19,7 +20,8 @@ MAX_INSTRUMENTS = 3000
 
 
 class KiteTickerFeed:
-    def __init__(self, api_key: str, access_token: str, root: str) -> None:
+    def __init__(self, api_key: str, access_token: str, root: str,
+                 on_order_update: Callable[[dict], None] | None = None) -> None:
         if not api_key or not access_token:
             raise ValueError("FEED=kite needs KITE_FEED_API_KEY and KITE_FEED_ACCESS_TOKEN")
         self.ticker = KiteTicker(api_key, access_token, root=root, reconnect=True, reconnect_max_tries=300,
@@ -28,6 +30,7 @@ class KiteTickerFeed:
         self.instruments: dict[int, Instrument] = {}
         self.connected = threading.Event()
         self.health: dict[str, object] = {"connected": False, "reconnects": 0, "gave_up": False}
+        self.on_order_update = on_order_update
 
     def start(self, on_ticks: TickHandler) -> None:
         def ticks(_ws, raw: list[dict]) -> None:
@@ -68,6 +71,8 @@ class KiteTickerFeed:
         self.ticker.on_reconnect = reconnecting
         self.ticker.on_noreconnect = gave_up
         self.ticker.on_error = error
+        if self.on_order_update is not None:  # the feed account's own orders, pushed as they change
+            self.ticker.on_order_update = lambda _ws, data: self.on_order_update(data)
         self.ticker.connect(threaded=True)
 
     def subscribe(self, instruments: list[Instrument]) -> list[Instrument]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import date
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 
 from webapp import clock, redis_client
 from webapp.engine import dispatch
@@ -21,17 +21,6 @@ CONFIRMATION = "KILL"
 
 class NotConfirmed(Exception):
     pass
-
-
-def active_for(user_id: int) -> KillSwitch | None:
-    """The switch that halts this user's trading, if any (global or theirs)."""
-    return db.session.scalar(select(KillSwitch).where(
-        KillSwitch.released_at.is_(None), or_(KillSwitch.user_id.is_(None), KillSwitch.user_id == user_id)))
-
-
-def active() -> list[KillSwitch]:
-    return list(db.session.scalars(select(KillSwitch).where(KillSwitch.released_at.is_(None))
-                                   .order_by(KillSwitch.id)))
 
 
 def engage(admin: User, user_id: int | None, reason: str, confirmation: str) -> int:

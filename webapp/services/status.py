@@ -29,19 +29,24 @@ def _run_rows(strategy: Strategy) -> list[OrderLog]:
 
 
 def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
-    """(rupees, percent of the entry value), marking any open position at last_price."""
-    filled = [row for row in _run_rows(strategy) if row.status == "COMPLETE" and row.price is not None]
+    """(rupees, percent of the entry value), marking any open position at last_price. From what the broker
+    filled, partial fills included, never from what was asked for."""
+    filled = _fills(strategy)
     bought = [row for row in filled if row.side == "BUY"]
     if not bought:
         return None, None
-    cost = sum((row.price * row.quantity for row in bought), Decimal(0))
-    proceeds = sum((row.price * row.quantity for row in filled if row.side == "SELL"), Decimal(0))
+    cost = sum((row.price * row.filled_quantity for row in bought), Decimal(0))
+    proceeds = sum((row.price * row.filled_quantity for row in filled if row.side == "SELL"), Decimal(0))
     if strategy.position and last_price is not None:
         proceeds += last_price * strategy.position
     elif strategy.position:
         return None, None
     rupees = proceeds - cost
     return rupees, (rupees / cost * 100) if cost else None
+
+
+def _fills(strategy: Strategy) -> list[OrderLog]:
+    return [row for row in _run_rows(strategy) if row.filled_quantity and row.price is not None]
 
 
 def _decimal(text: str | None) -> Decimal | None:
@@ -140,7 +145,7 @@ def orders(strategy: Strategy) -> list[OrderLog]:
 def order_to_dict(row: OrderLog) -> dict:
     return {
         "id": row.id, "event": row.event, "event_id": row.event_id, "side": row.side, "quantity": row.quantity,
-        "price": _money(row.price), "broker_order_id": row.broker_order_id, "tag": row.tag, "status": row.status,
+        "filled_quantity": row.filled_quantity, "price": _money(row.price), "broker_order_id": row.broker_order_id, "tag": row.tag, "status": row.status,
         "attempt": row.attempt, "error": row.error, "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
@@ -164,7 +169,7 @@ def chart_data(strategy: Strategy) -> dict:
         stamp, _, price = item.decode().partition(":")
         ticks.append([int(stamp) / 1000, float(price)])
     markers = [{"t": row.updated_at.timestamp(), "price": float(row.price), "side": row.side, "event": row.event}
-               for row in _run_rows(strategy) if row.status == "COMPLETE" and row.price is not None]
+               for row in _fills(strategy)]
     return {"symbol": f"{strategy.exchange}:{strategy.symbol}", "ticks": ticks, "markers": markers,
             "stop_loss": float(strategy.stop_loss),
             "buy_at": instant(day, parse_time(strategy.buy_time)).timestamp(),

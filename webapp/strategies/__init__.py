@@ -4,7 +4,7 @@ from flask import Blueprint, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from webapp import instruments
-from webapp.engine import lifecycle
+from webapp.services import lifecycle
 from webapp.http import go_to, is_htmx
 from webapp.services import broker_accounts, status
 from webapp.services import strategies as service

@@ -13,11 +13,11 @@ from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
-from webapp.models import Strategy
-from webapp.services import broker_accounts, kill_switch
+from webapp.models import Strategy, kill_switch_for
+from webapp.services import broker_accounts
 from webapp.state_machine import Status, can_transition, is_running
 
-log = logging.getLogger("engine.lifecycle")
+log = logging.getLogger("services.lifecycle")
 
 
 _RUN_FIELDS = ("status", "run_date", "broker_account_id", "position", "entry_price", "exit_price", "status_reason",
@@ -57,7 +57,7 @@ def _start(strategy: Strategy) -> str:
         db.session.refresh(strategy)
         if is_running(strategy.status):
             return "Already running."
-        halted = kill_switch.active_for(strategy.user_id)
+        halted = kill_switch_for(strategy.user_id)
         if halted is not None:
             raise StartRefused(f"Trading is halted by the admin: {halted.reason}")
         account = broker_accounts.account_for(strategy.user)
@@ -103,7 +103,7 @@ def _start(strategy: Strategy) -> str:
                 setattr(strategy, field, value)
             db.session.commit()
             raise
-        if kill_switch.active_for(strategy.user_id) is not None:
+        if kill_switch_for(strategy.user_id) is not None:
             # The switch was engaged while this START ran: its sweep may have missed us, so stop at once.
             dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, today)])
             raise StartRefused("Trading was halted by the admin while this START ran; it has been stopped.")

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import secrets
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required
 
 from webapp.brokers import BrokerAuthFailed
 from webapp.http import go_to, is_htmx
-from webapp.services import broker_accounts
+from webapp.extensions import csrf
+from webapp.services import broker_accounts, order_updates
 from webapp.services.errors import ValidationFailed
 
 bp = Blueprint("broker", __name__, url_prefix="/broker")
@@ -69,3 +70,14 @@ def kite_callback():  # type: ignore[no-untyped-def]
             flash("Logged in with Kite. Your session lasts until 06:00 IST tomorrow.", "success")
             return redirect(url_for("strategies.index"))
     return redirect(url_for("broker.connect"))
+
+
+@bp.post("/kite/postback")
+@csrf.exempt  # Kite's server posts here; the order's checksum is the authentication
+def kite_postback():  # type: ignore[no-untyped-def]
+    """Kite's order updates (the app's postback URL): verified, then handed to the engine."""
+    try:
+        order_updates.accept_postback(request.get_json(silent=True))
+    except order_updates.Refused as exc:
+        return jsonify(error="FORBIDDEN", message=str(exc)), 403
+    return jsonify(status="ok")
