@@ -98,6 +98,16 @@ def test_market_protection_setting_is_checked_at_start_up(tmp_path, redis_url):
                     ).config["MARKET_PROTECTION"] == 2.5
 
 
+def test_a_strategy_may_carry_its_own_algo_id(client):
+    headers = trader(client, "algo@example.com")
+    bad = client.post("/api/v1/strategy/create", headers=headers, json={
+        "name": "x", "symbol": "INFY", "quantity": 1, "buy_time": "09:20", "sell_time": "10:00", "stop_loss": 1,
+        "algo_id": "not valid!"})
+    assert bad.status_code == 422 and "algo_id" in bad.json["fields"]
+    sid = api_strategy(client, headers, algo_id="OWN7")
+    assert client.get(f"/api/v1/strategy/{sid}", headers=headers).json["strategy"]["algo_id"] == "OWN7"
+
+
 # --- paper mode through the real processes ------------------------------------------------------------
 @pytest.fixture
 def slow_paper(processes):  # type: ignore[no-untyped-def]
@@ -262,13 +272,14 @@ class TestKite:
 
     def test_every_order_carries_market_protection_and_the_algo_id(self, client, fake, kite_engine):
         headers = kite_trader(client, fake.account, "mp@example.com")
-        sid = started_strategy(client, headers, buy_in=2, sell_in=4)
-        wait_status(client, headers, sid, "completed")
-        sent = [p["params"] for p in fake.placements]
-        assert len(sent) == 2
-        assert all(p["market_protection"] == "-1" and p["algo_id"] == "ALGO42" for p in sent)
-        assert [o["status"] for o in fake.orders] == ["COMPLETE", "COMPLETE"]
-
+        default = started_strategy(client, headers, buy_in=2, sell_in=4)
+        own = started_strategy(client, headers, buy_in=2, sell_in=4, name="own", symbol="SBIN", algo_id="OWN7")
+        wait_status(client, headers, default, "completed")
+        wait_status(client, headers, own, "completed")
+        sent = [(p["params"]["tradingsymbol"], p["params"]["market_protection"], p["params"]["algo_id"])
+                for p in fake.placements]
+        assert sorted(sent) == [("INFY", "-1", "ALGO42")] * 2 + [("SBIN", "-1", "OWN7")] * 2
+        assert [o["status"] for o in fake.orders] == ["COMPLETE"] * 4
 
     def test_kite_partial_fill_then_cancel_sells_four_at_sell_time(self, client, fake, kite_engine):
         headers = kite_trader(client, fake.account, "kpart@example.com")

@@ -8,7 +8,6 @@ import os
 import sys
 from datetime import datetime, timezone
 
-CONTEXT_FIELDS = ("event", "strategy_id", "user_id", "event_id", "tag", "broker_order_id", "attempt")
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 

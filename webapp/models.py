@@ -113,7 +113,6 @@ class Strategy(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     user: Mapped[User] = relationship(back_populates="strategies")
-    broker_account: Mapped[BrokerAccount | None] = relationship()
     orders: Mapped[list[OrderLog]] = relationship(
         back_populates="strategy", cascade="all, delete-orphan", order_by="OrderLog.id"
     )

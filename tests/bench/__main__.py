@@ -180,9 +180,10 @@ def listener_throughput(strategies: int = 10_000, symbols: int = 500, batches: i
               f"{ticks / elapsed:,.0f} ticks/s on one core ({elapsed * 1e6 / ticks:.2f} µs a tick)")
 
 
+from tests.bench import broker  # noqa: E402
 from tests.bench.live import dom_latency, status_throughput  # noqa: E402
 
-SCENARIOS = {"dom": dom_latency, "status": status_throughput, "latency": latency, "lateness": lateness, "herd": herd, "listener": listener_throughput,
+SCENARIOS = {"broker": broker.herd, "dom": dom_latency, "status": status_throughput, "latency": latency, "lateness": lateness, "herd": herd, "listener": listener_throughput,
              "tick": tick_to_order}
 
 if __name__ == "__main__":

@@ -49,13 +49,15 @@ class System:
                     "INSTANCE_DIR": str(workdir / "instance"),
                     "LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
 
-    def spawn(self, module: str, **env: str) -> None:
+    def spawn(self, module: str, *args: str, **env: str) -> subprocess.Popen:
         log = open(self.workdir / f"{module}-{len(self.procs)}.log", "ab")
-        self.procs.append(subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env={**self.env, **env},
-                                           stdout=log, stderr=subprocess.STDOUT))
+        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env={**self.env, **env},
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
 
     def stop_module(self, module: str) -> None:
-        for proc in [p for p in self.procs if p.args[-1] == module]:
+        for proc in [p for p in self.procs if module in p.args]:
             proc.terminate()
             proc.wait(timeout=15)
             self.procs.remove(proc)

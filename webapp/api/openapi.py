@@ -43,7 +43,8 @@ STATUS = {
 STRATEGY = {
     "type": "object",
     "required": ["id", "name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time",
-                 "stop_loss", "status", "status_reason", "position", "entry_price", "needs_attention", "created_at"],
+                 "stop_loss", "algo_id", "status", "status_reason", "position", "entry_price", "needs_attention",
+                 "created_at"],
     "properties": {
         "id": {"type": "integer"},
         "name": {"type": "string"},
@@ -54,6 +55,7 @@ STRATEGY = {
         "buy_time": TIME,
         "sell_time": TIME,
         "stop_loss": {"type": "string", "description": "rupees, as a decimal string"},
+        "algo_id": {"type": "string", "nullable": True},
         "status": STATUS,
         "status_reason": {"type": "string", "nullable": True},
         "position": {"type": "integer"},
@@ -122,6 +124,8 @@ STRATEGY_INPUT = {
         "sell_time": TIME,
         "stop_loss": {"anyOf": [{"type": "number"}, {"type": "string"}],
                       "description": "rupees, > 0, at most 2 decimals"},
+        "algo_id": {"type": "string", "nullable": True, "maxLength": 32,
+                    "description": "the algo id this strategy's orders carry (default: the KITE_ALGO_ID setting)"},
     },
     "example": {"name": "Morning INFY", "symbol": "INFY", "exchange": "NSE", "product": "MIS", "quantity": 10,
                 "buy_time": "09:20", "sell_time": "15:00", "stop_loss": "1400.50"},

@@ -47,8 +47,6 @@ PAISE = Decimal("0.01")
 #   (a window in which a drill kills the worker between the broker's accept and the engine's records);
 # - reject: RMS rejection; auth: session expired; partial:N: N filled, the rest cancelled by the exchange.
 # And on keys.paper_followup_faults(), one per follow-up call: error500 (the call answers HTTP 500).
-FAULTS = ("ok", "unavailable", "timeout", "error500", "timeout_after_accept", "slow_after_accept", "reject", "auth",
-          "partial:N")
 SLOW_ANSWER_SECONDS = 5.0
 PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
 

@@ -8,7 +8,6 @@ from datetime import date, datetime
 from webapp import clock
 
 BUY, SELL, STOPLOSS, STOP, KILL, FAIL = "BUY", "SELL", "STOPLOSS", "STOP", "KILL", "FAIL"
-EXITS = frozenset({SELL, STOPLOSS, STOP, KILL})
 # Exits outrank entries: every worker drains `stoploss` before `orders`.
 QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss",
              FAIL: "stoploss"}

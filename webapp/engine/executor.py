@@ -47,6 +47,7 @@ EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, STOP: Stat
 LOCK_WAIT_SECONDS = 30
 FLAGGED = "flagged_strategies"  # session.info: other strategies this unit of work changed, to publish after commit
 PARTIAL = "partial"  # an exit that filled part of the position: the rest is tried again
+PREPARE_CHUNK = 50  # events prepared (one query, one commit) before their orders are handed to the pool
 
 
 @dataclass
@@ -92,10 +93,13 @@ def accept(events: list[Event]) -> list[str]:
         # A busy strategy (or a second event for one) waits its turn on a thread, not holding up the rest.
         (first if event.strategy_id in held and event.strategy_id not in seen else later).append(event)
         seen.add(event.strategy_id)
-    outcomes, work = _prepare(first, held)
-    for item in work:
-        _submit(_run, app, item)
-        outcomes[item.event.event_id] = "placing"
+    outcomes: dict[str, str] = {}
+    for start in range(0, len(first), PREPARE_CHUNK):  # the first orders leave while the rest are prepared
+        done, work = _prepare(first[start:start + PREPARE_CHUNK], held)
+        outcomes.update(done)
+        for item in work:
+            _submit(_run, app, item)
+            outcomes[item.event.event_id] = "placing"
     for event in later:
         _submit(_alone, app, event)
         outcomes[event.event_id] = "waiting for its strategy's lock"

@@ -21,12 +21,13 @@ from webapp.state_machine import is_editable
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time", "stop_loss")
+FIELDS = ("name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time", "stop_loss", "algo_id")
 PRODUCTS = ("MIS", "CNC")
 MAX_STOP_LOSS = Decimal("10000000")
 MAX_ID = 2**63 - 1  # beyond a BIGINT: cannot exist, and must not reach the database driver
 _DIGITS = re.compile(r"[0-9]{1,9}")  # str.isdigit() also accepts "²" and "١٢"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ALGO_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def _text(data: dict, field: str) -> str:
@@ -140,6 +141,11 @@ def validate(data: dict, user: User | None = None) -> dict:
     if message:
         errors["stop_loss"] = message
 
+    algo_id = data.get("algo_id")
+    clean["algo_id"] = algo_id.strip() if isinstance(algo_id, str) and algo_id.strip() else None
+    if algo_id not in (None, "") and not (clean["algo_id"] and _ALGO_ID.fullmatch(clean["algo_id"])):
+        errors["algo_id"] = "Letters, digits, - and _ only, at most 32 characters (or leave it empty)."
+
     if errors:
         raise ValidationFailed(errors)
     return clean
@@ -208,6 +214,7 @@ def to_dict(strategy: Strategy) -> dict:
         "buy_time": strategy.buy_time,
         "sell_time": strategy.sell_time,
         "stop_loss": str(strategy.stop_loss),
+        "algo_id": strategy.algo_id,
         "status": strategy.status,
         "status_reason": strategy.status_reason,
         "position": strategy.position,
