@@ -25,6 +25,7 @@ from webapp import clock, live, redis_client
 from webapp.brokers import Broker, BrokerAuthFailed, OrderState, get_broker
 from webapp.engine import lateness, runtime, schedule
 from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
+from webapp.engine.committer import STRATEGY_RESULT, Result, committer
 from webapp.engine.locks import Held, Locks, locks
 from webapp.engine.orders import (
     RESOLVED,
@@ -34,6 +35,7 @@ from webapp.engine.orders import (
     OrderUnknown,
     claim,
     execute,
+    final_values,
     record,
     request_for,
 )
@@ -238,16 +240,37 @@ def _place(work: Work) -> str:
             log.exception("unexpected error while placing", extra=_ids(event, strategy))
             outcome = _failed(strategy, event, OrderUnknown(f"unexpected error: {exc!r}"))
         else:
-            if not record(row, state, work.held, note):
-                db.session.rollback()
+            values = final_values(row, state, note)
+            outcome = _apply(strategy, event, state)
+            if not _commit_result(strategy, row, values, work.held):
                 log.error("attempt taken over by another holder", extra=_ids(event, strategy))
                 return "dropped: taken over"
-            outcome = _apply(strategy, event, state)
+            _publish([strategy], db.session.info.pop(FLAGGED, []))
+            if outcome != PARTIAL:
+                return outcome
+            strategy = db.session.get(Strategy, work.strategy_id)
+            row = None  # an exit filled in part: the rest of the position is sold by a new attempt
+            continue
         db.session.commit()
         _publish([strategy], db.session.info.pop(FLAGGED, []))
-        if outcome != PARTIAL:
-            return outcome
-        row = None  # an exit filled in part: the rest of the position is sold by a new attempt
+        return outcome
+
+
+def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held) -> bool:
+    """The row's final state and the strategy's new one, in one transaction, only if this holder still
+    owns the row. The common case goes through the process's group committer; a result that also writes
+    an audit event or flags other strategies commits in this thread's session."""
+    if db.session.new or db.session.info.get(FLAGGED):
+        if not record(row, values, held):
+            db.session.rollback()
+            return False
+        db.session.commit()
+        return True
+    result = Result(row.id, held.token, values, strategy.id,
+                    {name: getattr(strategy, name) for name in STRATEGY_RESULT})
+    recorded = committer(current_app._get_current_object()).commit(result)
+    db.session.expunge(strategy)  # written by the committer: this session must not write it again
+    return recorded
 
 
 def _order_for(event: Event, strategy: Strategy) -> tuple[str, int]:

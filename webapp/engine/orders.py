@@ -101,16 +101,21 @@ def _swap(row: OrderLog, holder: str, **values: object) -> bool:
     return result.rowcount == 1
 
 
-def record(row: OrderLog, state: OrderState, held: Held, note: str | None = None) -> bool:
-    """Sets the row from the broker's final answer, if this holder still owns it (the caller commits it
-    together with the strategy's new state). False: another holder took the event over."""
-    error = "; ".join(x for x in (note, state.message) if x) or None
-    if not _swap(row, held.token, broker_order_id=state.order_id or row.broker_order_id, status=state.status,
-                 filled_quantity=state.filled_quantity, price=state.average_price, error=error):
+def final_values(row: OrderLog, state: OrderState, note: str | None = None) -> dict:
+    """The row's columns from the broker's final answer."""
+    return {"broker_order_id": state.order_id or row.broker_order_id, "status": state.status,
+            "filled_quantity": state.filled_quantity, "price": state.average_price,
+            "error": "; ".join(x for x in (note, state.message) if x) or None}
+
+
+def record(row: OrderLog, values: dict, held: Held) -> bool:
+    """Sets the row from final_values, if this holder still owns it (the caller commits it together with
+    the strategy's new state). False: another holder took the event over."""
+    if not _swap(row, held.token, **values):
         return False
-    row.broker_order_id, row.status, row.filled_quantity = state.order_id or row.broker_order_id, state.status, \
-        state.filled_quantity
-    row.price, row.error, row.holder = state.average_price, error, held.token
+    for name, value in values.items():
+        setattr(row, name, value)
+    row.holder = held.token
     return True
 
 

@@ -1,0 +1,93 @@
+"""Group commit of order results. Hundreds of orders finish within the same second of the 09:15 herd; one
+SQLite transaction each, from hundreds of threads, spends its time in SQLite's busy-wait sleeps (measured:
+a result waited 0.9 s at p50, 8 s at worst, behind the others). One thread per process commits every
+result handed to it since its last commit, in one transaction: each strategy still has its new state
+committed the moment its own order is final, a few milliseconds later at most, and the order row is
+written only where its holder is still the one recording (the claim's compare-and-set), with its
+strategy's state in the same transaction."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+
+from flask import Flask
+from sqlalchemy import update
+
+from webapp.extensions import db
+from webapp.models import OrderLog, Strategy
+
+log = logging.getLogger("engine.committer")
+
+# What the engine changes on a strategy when an order is final.
+STRATEGY_RESULT = ("status", "position", "entry_price", "exit_price", "last_action", "status_reason",
+                   "needs_attention")
+
+
+@dataclass
+class Result:
+    row_id: int
+    holder: str
+    row_values: dict
+    strategy_id: int
+    strategy_values: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    recorded: bool = False
+    error: BaseException | None = None
+
+
+class Committer:
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.pending: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="committer", daemon=True).start()
+
+    def commit(self, result: Result) -> bool:
+        """Blocks until the result's transaction committed. False: another holder owns the row now, and
+        nothing of this result was written."""
+        self.pending.put(result)
+        result.done.wait()
+        if result.error is not None:
+            raise result.error
+        return result.recorded
+
+    def _run(self) -> None:
+        while True:
+            group = [self.pending.get()]
+            while not self.pending.empty():
+                group.append(self.pending.get())
+            with self.app.app_context():
+                try:
+                    self._write(group)
+                except Exception as exc:  # noqa: BLE001 — handed back to every waiting thread
+                    log.exception("group commit failed", extra={"event": "commit_failed", "results": len(group)})
+                    for result in group:
+                        result.recorded, result.error = False, exc
+                finally:
+                    db.session.remove()
+            for result in group:
+                result.done.set()
+
+    @staticmethod
+    def _write(group: list[Result]) -> None:
+        with db.engine.begin() as conn:
+            for result in group:
+                changed = conn.execute(update(OrderLog).where(
+                    OrderLog.id == result.row_id, OrderLog.holder == result.holder).values(**result.row_values))
+                result.recorded = changed.rowcount == 1
+                if result.recorded:
+                    conn.execute(update(Strategy).where(Strategy.id == result.strategy_id)
+                                 .values(**result.strategy_values))
+
+
+_committers: dict[int, Committer] = {}
+_guard = threading.Lock()
+
+
+def committer(app: Flask) -> Committer:
+    with _guard:
+        found = _committers.get(id(app))
+        if found is None:
+            found = _committers[id(app)] = Committer(app)
+        return found
