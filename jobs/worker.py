@@ -11,17 +11,22 @@ import logging
 import os
 import sys
 
+import redis
 from rq import Queue
 from rq.worker import SimpleWorker, Worker
 
 from jobs import tasks
-from webapp import redis_client
+from webapp.engine import executor
 from webapp.engine.events import QUEUES
 
 
 def main() -> None:
     app = tasks.app()  # built before the first job, so the first trigger pays no start-up cost
-    conn = redis_client.connect(app.config["REDIS_URL"])
+    with app.app_context():
+        executor.warm_up(app)
+    # RQ gets a connection of its own: it lengthens its socket timeout for its blocking BLPOP, which the
+    # engine's pool (short timeouts, already open for the order threads) must not get.
+    conn = redis.Redis.from_url(app.config["REDIS_URL"])
     # RQ_WORKER_CLASS=fork trades ~8 ms a job for a fresh process per job (isolation); measured by make bench.
     worker_class = Worker if os.environ.get("RQ_WORKER_CLASS") == "fork" else SimpleWorker
     names = [name for name in QUEUES if name in sys.argv[1:]] or list(QUEUES)

@@ -26,7 +26,8 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
 
     app.config["MARKET_PROTECTION"] = market_protection(str(app.config["MARKET_PROTECTION"]))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {}  # no pre-ping round trip for a file on this machine
+        # No pre-ping round trip for a file on this machine.
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {**app.config["SQLALCHEMY_ENGINE_OPTIONS"], "pool_pre_ping": False}
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(ROOT / "migrations"))

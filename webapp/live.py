@@ -4,7 +4,7 @@ room, decided here from the login session, never from anything the client sends.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
+import threading
 
 from flask import Flask, current_app
 from flask_login import current_user
@@ -37,10 +37,21 @@ def init_app(app: Flask) -> None:
         return True
 
 
-@lru_cache(maxsize=4)
+_emitters: dict[str, SocketIO] = {}
+_emitters_guard = threading.Lock()
+
+
 def _emitter(url: str) -> SocketIO:
-    """Write-only: publishes to the message queue for whichever web process holds the browser's socket."""
-    return SocketIO(message_queue=url, channel=_channel())
+    """Write-only: publishes to the message queue for whichever web process holds the browser's socket.
+    One per process, made under a lock: a worker's order threads all ask for it at once at 09:15."""
+    with _emitters_guard:
+        if url not in _emitters:
+            _emitters[url] = SocketIO(message_queue=url, channel=_channel())
+        return _emitters[url]
+
+
+def warm_up() -> None:
+    _emitter(current_app.config["REDIS_URL"])
 
 
 def notify(strategies: list[Strategy]) -> None:

@@ -59,6 +59,10 @@ class Memory:
     def now(self) -> float:
         return sum(p.memory_info().rss for p in self.procs) / len(self.procs) / 2**20
 
+    def cpu(self) -> float:
+        """CPU seconds the worker processes have used so far."""
+        return sum(sum(p.cpu_times()[:2]) for p in self.procs)
+
     def _sample(self) -> None:
         while self.running:
             self.peak = max(self.peak, max(p.memory_info().rss for p in self.procs) / 2**20)
@@ -96,8 +100,9 @@ def herd(strategies: int = 1000, accounts: int = 100, breaches: int = 40) -> Non
         assert time.time() < instant - 1, "set-up overran the instant; raise the lead"
         time.sleep(max(0.0, instant - 1 - time.time()))
         memory = Memory(workers)
-        at_rest = memory.now()
+        at_rest, cpu_before, herd_started = memory.now(), memory.cpu(), time.monotonic()
         harness.wait_until(lambda: _positions(app, ids) >= strategies, 60, interval=0.5)
+        cpu_used, herd_wall = memory.cpu() - cpu_before, time.monotonic() - herd_started
         from webapp.extensions import db
         from webapp.models import Strategy
 
@@ -118,7 +123,9 @@ def herd(strategies: int = 1000, accounts: int = 100, breaches: int = 40) -> Non
         late = [(c.timestamp() - instant) * 1000 for c in confirmed]
         print(f"  every position confirmed {max(late):.0f} ms after the instant (floor: a round trip and the "
               f"fill, ~{LATENCY_MS + FILL_MS} ms)")
-        print(f"  worker RSS: at rest {at_rest:.0f} MB each, peak {memory.peak:.0f} MB")
+        print(f"  worker RSS: at rest {at_rest:.0f} MB each, peak {memory.peak:.0f} MB; worker CPU {cpu_used:.1f} s "
+              f"over {herd_wall:.1f} s ({cpu_used / strategies * 1000:.1f} ms an order, 2 cores shared with "
+              f"scheduler, listener, Redis and this client)")
         _breaches(sysm, orders, instant, max(placed))
 
         # STOP of every position, as users pressing STOP (8 at a time), through the service the API uses.

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import redis
+from redis.client import Pipeline
 
 from webapp import clock, instruments, keys, redis_client
 from webapp.brokers import updates
@@ -51,7 +52,9 @@ SLOW_ANSWER_SECONDS = 5.0
 PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
 
 # Settles an order whose fill time has come, atomically and idempotently, and plays a follow-up fault.
-# KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call. Returns {fault or false, hash}.
+# KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call. Returns {fault or false,
+# [status, tag, filled_quantity, average_price, message]} (only what an OrderState needs: replies are parsed
+# in Python, and the whole hash is four times as long).
 _SETTLE = """
 local fault = false
 if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
@@ -59,7 +62,7 @@ if redis.call('HGET', KEYS[1], 'status') == 'OPEN' and tonumber(ARGV[1]) >= tonu
   local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
   redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
 end
-return {fault, redis.call('HGETALL', KEYS[1])}
+return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'average_price', 'message')}
 """
 
 
@@ -183,18 +186,24 @@ class PaperBroker:
 
 
 def settle(conn: redis.Redis, order_id: str, followup: bool = False) -> OrderState:
-    fault, flat = redis_client.script(conn, _SETTLE)(
+    return _state(order_id, *_settle_call(conn, order_id, followup, conn))
+
+
+def _settle_call(conn: redis.Redis, order_id: str, followup: bool, client: redis.Redis | Pipeline) -> list:
+    return redis_client.script(conn, _SETTLE)(
         keys=[keys.paper_order(order_id), keys.paper_followup_faults()],
-        args=[int(clock.epoch() * 1000), "1" if followup else "0"], client=conn)
+        args=[int(clock.epoch() * 1000), "1" if followup else "0"], client=client)
+
+
+def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> OrderState:
     if fault == b"error500":
         raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
-    raw = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-    if not raw:
+    status, tag, filled, average, message = (None if f is None else f.decode() for f in fields)
+    if status is None:
         raise BrokerUnavailable(f"paper exchange has no order {order_id}")
-    filled = int(raw["filled_quantity"])
-    return OrderState(order_id=order_id, status=raw["status"], tag=raw["tag"], filled_quantity=filled,
-                      average_price=Decimal(raw["average_price"]) if filled and raw["average_price"] else None,
-                      message=raw["message"] or None)
+    return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=int(filled),
+                      average_price=Decimal(average) if int(filled) and average else None,
+                      message=message or None)
 
 
 class _Fills:
@@ -216,11 +225,19 @@ class _Fills:
             with self.wake:
                 while not self.due or self.due[0][0] > clock.epoch():
                     self.wake.wait(self.due[0][0] - clock.epoch() if self.due else None)
-                _, order_id = heapq.heappop(self.due)
+                due = []
+                while self.due and self.due[0][0] <= clock.epoch():
+                    due.append(heapq.heappop(self.due)[1])
+            # Every order due now in one round trip, and their updates in one more: at the 09:15 herd a
+            # round trip per fill would make the last fill of the second wait behind all the others.
             try:
-                updates.publish(self.conn, settle(self.conn, order_id))
+                pipe = self.conn.pipeline(transaction=False)
+                for order_id in due:
+                    _settle_call(self.conn, order_id, False, pipe)
+                updates.publish_many(self.conn, [_state(order_id, *reply)
+                                                 for order_id, reply in zip(due, pipe.execute())])
             except (redis.RedisError, BrokerUnavailable):
-                pass  # the engine's poll settles it instead
+                pass  # the engine's poll settles them instead
 
 
 _fill_threads: dict[int, _Fills] = {}

@@ -20,10 +20,15 @@ UPDATE_TTL_SECONDS = 24 * 3600
 
 
 def publish(conn: redis.Redis, state: OrderState) -> None:
-    payload = json.dumps(state.to_dict())
+    publish_many(conn, [state])
+
+
+def publish_many(conn: redis.Redis, states: list[OrderState]) -> None:
     pipe = conn.pipeline(transaction=False)
-    pipe.set(keys.order_update(state.order_id), payload, ex=UPDATE_TTL_SECONDS)
-    pipe.publish(keys.ORDER_UPDATES, payload)
+    for state in states:
+        payload = json.dumps(state.to_dict())
+        pipe.set(keys.order_update(state.order_id), payload, ex=UPDATE_TTL_SECONDS)
+        pipe.publish(keys.ORDER_UPDATES, payload)
     pipe.execute()
 
 

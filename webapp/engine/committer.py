@@ -13,16 +13,22 @@ import threading
 from dataclasses import dataclass, field
 
 from flask import Flask
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy
 
 log = logging.getLogger("engine.committer")
 
-# What the engine changes on a strategy when an order is final.
+# What the engine changes on a strategy and on an order row when an order is final.
 STRATEGY_RESULT = ("status", "position", "entry_price", "exit_price", "last_action", "status_reason",
                    "needs_attention")
+ROW_RESULT = ("broker_order_id", "status", "filled_quantity", "price", "error")
+# Built once with bound parameters: compiling a statement per result cost more than the writes themselves.
+_ROW = update(OrderLog).where(OrderLog.id == bindparam("row_id"), OrderLog.holder == bindparam("claim_holder")) \
+    .values({name: bindparam(f"new_{name}") for name in ROW_RESULT})
+_STRATEGY = update(Strategy).where(Strategy.id == bindparam("strategy_id")) \
+    .values({name: bindparam(f"new_{name}") for name in STRATEGY_RESULT})
 
 
 @dataclass
@@ -73,12 +79,12 @@ class Committer:
     def _write(group: list[Result]) -> None:
         with db.engine.begin() as conn:
             for result in group:
-                changed = conn.execute(update(OrderLog).where(
-                    OrderLog.id == result.row_id, OrderLog.holder == result.holder).values(**result.row_values))
+                changed = conn.execute(_ROW, {"row_id": result.row_id, "claim_holder": result.holder,
+                                              **{f"new_{k}": v for k, v in result.row_values.items()}})
                 result.recorded = changed.rowcount == 1
                 if result.recorded:
-                    conn.execute(update(Strategy).where(Strategy.id == result.strategy_id)
-                                 .values(**result.strategy_values))
+                    conn.execute(_STRATEGY, {"strategy_id": result.strategy_id,
+                                             **{f"new_{k}": v for k, v in result.strategy_values.items()}})
 
 
 _committers: dict[int, Committer] = {}

@@ -106,9 +106,11 @@ class Locks:
             except redis.RedisError as exc:
                 log.warning("strategy locks not renewed", extra={"error": str(exc), "held": len(held)})
                 continue
-            for index in lost:
-                held[index - 1].lost.set()
-                log.error("strategy lock lost while acting", extra={"strategy_id": held[index - 1].strategy_id})
+            with self.guard:
+                lost_now = [held[index - 1] for index in lost if held[index - 1] in self.held]  # not released meanwhile
+            for gone in lost_now:
+                gone.lost.set()
+                log.error("strategy lock lost while acting", extra={"strategy_id": gone.strategy_id})
 
 
 _locks: dict[tuple[int, float], Locks] = {}
