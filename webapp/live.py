@@ -4,6 +4,7 @@ room, decided here from the login session, never from anything the client sends.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 
 from flask import Flask, current_app
@@ -38,28 +39,39 @@ def init_app(app: Flask) -> None:
 
 
 _emitters: dict[str, SocketIO] = {}
+_outboxes: dict[str, queue.SimpleQueue] = {}
 _emitters_guard = threading.Lock()
 
 
-def _emitter(url: str) -> SocketIO:
-    """Write-only: publishes to the message queue for whichever web process holds the browser's socket.
-    One per process, made under a lock: a worker's order threads all ask for it at once at 09:15."""
+def _outbox(url: str) -> queue.SimpleQueue:
+    """One write-only emitter per process, fed by one thread: Socket.IO's Redis manager is not made for
+    hundreds of order threads at once (measured at 09:15: it reconnected over and over, and opening each
+    connection cost milliseconds of CPU), and an order thread must never wait on a browser push."""
     with _emitters_guard:
-        if url not in _emitters:
+        if url not in _outboxes:
             _emitters[url] = SocketIO(message_queue=url, channel=_channel())
-        return _emitters[url]
+            _outboxes[url] = queue.SimpleQueue()
+            threading.Thread(target=_send, args=(_emitters[url], _outboxes[url]), name="live-push",
+                             daemon=True).start()
+        return _outboxes[url]
+
+
+def _send(emitter: SocketIO, outbox: queue.SimpleQueue) -> None:
+    while True:
+        room, payload = outbox.get()
+        try:
+            emitter.emit("runtime", payload, to=room)
+        except Exception:  # noqa: BLE001 — best effort: a browser that misses this still polls within 5 s
+            log.exception("live update not sent", extra={"event": "live_push_failed"})
 
 
 def warm_up() -> None:
-    _emitter(current_app.config["REDIS_URL"])
+    _outbox(current_app.config["REDIS_URL"])
 
 
 def notify(strategies: list[Strategy]) -> None:
-    """Best effort: a browser that misses this still polls within 5 s."""
-    try:
-        emitter = _emitter(current_app.config["REDIS_URL"])
-        for strategy in strategies:
-            emitter.emit("runtime", {"strategy_id": strategy.id, "status": strategy.status,
-                                     "position": strategy.position}, to=user_room(strategy.user_id))
-    except Exception:  # noqa: BLE001 — the live push must never fail an order's bookkeeping
-        log.exception("live update not sent", extra={"event": "live_push_failed"})
+    """Best effort, and never blocking: a browser that misses this still polls within 5 s."""
+    outbox = _outbox(current_app.config["REDIS_URL"])
+    for strategy in strategies:
+        outbox.put((user_room(strategy.user_id), {"strategy_id": strategy.id, "status": strategy.status,
+                                                  "position": strategy.position}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import redis
+from redis.driver_info import DriverInfo
 from redis.client import Pipeline
 from redis.commands.core import Script
 from flask import current_app
@@ -19,7 +20,7 @@ def connect(url: str) -> redis.Redis:
     # lib_version given: otherwise every new connection reads the package metadata (~2 ms of CPU).
     return redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
         url, max_connections=MAX_CONNECTIONS, timeout=20, socket_connect_timeout=2, socket_timeout=5,
-        health_check_interval=30, lib_name="redis-py", lib_version=redis.__version__))
+        health_check_interval=30, driver_info=DriverInfo(lib_version=redis.__version__)))
 
 
 def current() -> redis.Redis:
