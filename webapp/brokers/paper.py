@@ -19,7 +19,7 @@ from decimal import Decimal
 import redis
 from redis.client import Pipeline
 
-from webapp import clock, instruments, keys, redis_client
+from webapp import clock, instruments, keys, process_local, redis_client
 from webapp.brokers import updates
 from webapp.brokers.ratelimit import RateLimiter
 from webapp.brokers.base import (
@@ -240,13 +240,5 @@ class _Fills:
                 pass  # the engine's poll settles them instead
 
 
-_fill_threads: dict[int, _Fills] = {}
-_fill_guard = threading.Lock()
-
-
 def _fills(conn: redis.Redis) -> _Fills:
-    with _fill_guard:
-        found = _fill_threads.get(id(conn))
-        if found is None:
-            found = _fill_threads[id(conn)] = _Fills(conn)
-        return found
+    return process_local.one(("paper-fills", id(conn)), lambda: _Fills(conn))

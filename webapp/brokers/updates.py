@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from webapp import keys
+from webapp import keys, process_local
 from webapp.brokers.base import OrderState
 
 log = logging.getLogger("brokers.updates")
@@ -101,13 +101,5 @@ class Watch:
             waiter.offer(state)
 
 
-_watches: dict[int, Watch] = {}
-_watches_guard = threading.Lock()
-
-
 def watch(conn: redis.Redis) -> Watch:
-    with _watches_guard:
-        found = _watches.get(id(conn))
-        if found is None:
-            found = _watches[id(conn)] = Watch(conn)
-        return found
+    return process_local.one(("order-updates", id(conn)), lambda: Watch(conn))

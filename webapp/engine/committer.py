@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from flask import Flask
 from sqlalchemy import bindparam, update
 
+from webapp import process_local
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy
 
@@ -87,13 +88,5 @@ class Committer:
                                              **{f"new_{k}": v for k, v in result.strategy_values.items()}})
 
 
-_committers: dict[int, Committer] = {}
-_guard = threading.Lock()
-
-
 def committer(app: Flask) -> Committer:
-    with _guard:
-        found = _committers.get(id(app))
-        if found is None:
-            found = _committers[id(app)] = Committer(app)
-        return found
+    return process_local.one(("committer", id(app)), lambda: Committer(app))

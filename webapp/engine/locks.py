@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from webapp import redis_client
+from webapp import process_local, redis_client
 from webapp.keys import runtime_lock
 
 log = logging.getLogger("engine.locks")
@@ -113,13 +113,5 @@ class Locks:
                 log.error("strategy lock lost while acting", extra={"strategy_id": gone.strategy_id})
 
 
-_locks: dict[tuple[int, float], Locks] = {}
-_guard = threading.Lock()
-
-
 def locks(conn: redis.Redis, ttl_seconds: float) -> Locks:
-    with _guard:
-        found = _locks.get((id(conn), ttl_seconds))
-        if found is None:
-            found = _locks[(id(conn), ttl_seconds)] = Locks(conn, ttl_seconds)
-        return found
+    return process_local.one(("locks", id(conn), ttl_seconds), lambda: Locks(conn, ttl_seconds))
