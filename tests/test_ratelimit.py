@@ -9,7 +9,7 @@ from webapp.brokers.ratelimit import RateLimiter, parse_limits
 
 
 def test_parse_limits_keeps_a_safety_margin():
-    assert parse_limits("10/s,400/min") == [(1200, 10), (72000, 400)]
+    assert parse_limits("10/s,400/min") == [(1500, 10), (90000, 400)]
 
 
 def test_concurrent_callers_never_exceed_the_window(redis_conn):

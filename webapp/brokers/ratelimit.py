@@ -67,13 +67,15 @@ class RateLimiter:
             _waits.total = time_waited() + wait_ms / 1000
 
 
-# Calls spaced exactly one window apart here can reach the broker closer together (network jitter), so
-# every window is kept 20% longer than the broker's: 10/s becomes at most 10 in any 1.2 s.
-SAFETY = 1.2
+# Calls spaced exactly one window apart here can reach the broker closer together: a thread that took its
+# turn can be held back before its request leaves (hundreds of order threads share one interpreter), so
+# every window is kept 50% longer than the broker's: 10/s becomes at most 10 in any 1.5 s. (20% drew a
+# 429 now and then once orders went out concurrently.)
+SAFETY = 1.5
 
 
 def parse_limits(spec: str) -> list[tuple[int, int]]:
-    """ "10/s,400/min,5000/day" → [(1200, 10), (72000, 400), (103680000, 5000)] (windows in ms, with SAFETY)"""
+    """ "10/s,400/min,5000/day" → [(1500, 10), (90000, 400), (129600000, 5000)] (windows in ms, with SAFETY)"""
     units = {"s": 1000, "min": 60_000, "day": 86_400_000}
     result = []
     for part in spec.split(","):

@@ -278,7 +278,7 @@ def _place(work: Work) -> str:
             strategy = db.session.get(Strategy, strategy.id)
             row = None  # an exit filled in part: the rest of the position is sold by a new attempt
             continue
-        db.session.merge(strategy)  # the detached strategy's new state joins this commit
+        _attach(strategy)
         db.session.commit()
         _publish([strategy], db.session.info.pop(FLAGGED, []))
         return outcome
@@ -292,7 +292,7 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held) 
         if not record(row, values, held):
             db.session.rollback()
             return False
-        db.session.merge(strategy)
+        _attach(strategy)
         db.session.commit()
         return True
     result = Result(row.id, held.token, values, strategy.id,
@@ -301,6 +301,15 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held) 
     if strategy in db.session:
         db.session.expunge(strategy)  # written by the committer: this session must not write it again
     return recorded
+
+
+def _attach(strategy: Strategy) -> None:
+    """The detached strategy's result columns onto this session's copy, and nothing else: the web may have
+    written other columns meanwhile (a STOP request's time) that a whole-object merge would undo."""
+    persistent = db.session.get(Strategy, strategy.id)
+    if persistent is not strategy:
+        for name in STRATEGY_RESULT:
+            setattr(persistent, name, getattr(strategy, name))
 
 
 def _order_for(event: Event, strategy: Strategy) -> tuple[str, int]:
