@@ -9,6 +9,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import TypeVar
 
+import redis
 import requests
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
@@ -45,8 +46,8 @@ class KiteBroker:
         if self.limiter is not None:
             try:
                 self.limiter.acquire(self.credentials.api_key, kind)
-            except TimeoutError as exc:  # nothing was sent
-                raise BrokerUnavailable(str(exc)) from exc
+            except (TimeoutError, redis.RedisError) as exc:  # nothing was sent
+                raise BrokerUnavailable(f"rate limiter: {exc}") from exc
         ambiguous = BrokerTimeout if placement else BrokerUnavailable
         try:
             return fn()

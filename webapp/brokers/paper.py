@@ -116,8 +116,8 @@ class PaperBroker:
         if self.limiter is not None:
             try:
                 self.limiter.acquire(f"paper{self.account_id}", "orders")
-            except TimeoutError as exc:  # nothing was sent
-                raise BrokerUnavailable(str(exc)) from exc
+            except (TimeoutError, redis.RedisError) as exc:  # nothing was sent
+                raise BrokerUnavailable(f"rate limiter: {exc}") from exc
         self.timing.leg()
         # One round trip for the fault script, the last tick and a new order number.
         pipe = self.conn.pipeline(transaction=False)

@@ -63,7 +63,10 @@ class Watch:
     def expect(self, order_id: str) -> Waiter:
         with self.guard:
             waiter = self.waiters.setdefault(order_id, Waiter())
-        stored = latest(self.conn, order_id)  # pushed before we started waiting
+        try:
+            stored = latest(self.conn, order_id)  # pushed before we started waiting
+        except redis.RedisError:
+            stored = None  # the broker is polled instead: an order sent is never given up for Redis
         if stored is not None:
             waiter.offer(stored)
         return waiter

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 from flask import Flask
@@ -24,6 +25,9 @@ log = logging.getLogger("engine.committer")
 # What the engine changes on a strategy and on an order row when an order is final.
 STRATEGY_RESULT = ("status", "position", "entry_price", "exit_price", "last_action", "status_reason",
                    "needs_attention")
+# Pauses between tries of a group's transaction (a database restart, SQLite's busy timeout). Past the last,
+# each order thread fails its event as "position unknown"; its claimed row lets recovery find the order.
+RETRIES = (0.2, 1.0, 3.0, None)
 ROW_RESULT = ("broker_order_id", "status", "filled_quantity", "price", "error")
 # Built once with bound parameters: compiling a statement per result cost more than the writes themselves.
 _ROW = update(OrderLog).where(OrderLog.id == bindparam("row_id"), OrderLog.holder == bindparam("claim_holder")) \
@@ -65,14 +69,20 @@ class Committer:
             while not self.pending.empty():
                 group.append(self.pending.get())
             with self.app.app_context():
-                try:
-                    self._write(group)
-                except Exception as exc:  # noqa: BLE001 — handed back to every waiting thread
-                    log.exception("group commit failed", extra={"event": "commit_failed", "results": len(group)})
-                    for result in group:
-                        result.recorded, result.error = False, exc
-                finally:
-                    db.session.remove()
+                for pause in RETRIES:
+                    try:
+                        self._write(group)
+                        break
+                    except Exception as exc:  # noqa: BLE001 — a filled order's record is worth another try
+                        if pause is None:
+                            log.exception("group commit failed", extra={"event": "commit_failed",
+                                                                         "results": len(group)})
+                            for result in group:
+                                result.recorded, result.error = False, exc
+                        else:
+                            log.warning("group commit failed, retrying", extra={"error": str(exc)})
+                            time.sleep(pause)
+                db.session.remove()
             for result in group:
                 result.done.set()
 

@@ -121,7 +121,15 @@ def accept(events: list[Event]) -> list[str]:
         seen.add(event.strategy_id)
     outcomes: dict[str, str] = {}
     for start in range(0, len(first), PREPARE_CHUNK):  # the first orders leave while the rest are prepared
-        done, work = _prepare(first[start:start + PREPARE_CHUNK], held)
+        try:
+            done, work = _prepare(first[start:start + PREPARE_CHUNK], held)
+        except Exception:
+            # The keeper would renew these locks for as long as the process lives: nothing could act for
+            # these strategies again, recovery included. Give back every lock not yet handed to a thread.
+            db.session.rollback()
+            for event in first[start:]:
+                _locks().release(held[event.strategy_id])
+            raise
         outcomes.update(done)
         for item in work:
             _submit(_run, app, item)
@@ -140,7 +148,12 @@ def _alone(app: Flask, event: Event) -> str:
             log.critical("strategy lock busy", extra=_ids(event, waited_s=LOCK_WAIT_SECONDS))
             if lateness.missed_entry(event, current_app.config["MISSED_ENTRY_GRACE_SECONDS"]):
                 return "dropped: strategy busy past the buy time's grace"
-        outcomes, work = _prepare([event], {event.strategy_id: held})
+        try:
+            outcomes, work = _prepare([event], {event.strategy_id: held})
+        except Exception:
+            db.session.rollback()
+            _locks().release(held)
+            raise
         return _run(app, work[0]) if work else outcomes[event.event_id]
 
 

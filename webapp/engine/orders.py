@@ -17,6 +17,7 @@ import time
 from datetime import timedelta
 
 from flask import current_app
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -91,6 +92,24 @@ def claim(strategy: Strategy, event: Event, request: OrderRequest, attempt: int,
                    holder=held.token, claimed_at=utcnow())
     db.session.add(row)
     return row
+
+
+def _fence(locks: Locks, held: Held) -> bool:
+    """Whether the lock is still this holder's, right before a broker call. While Redis cannot answer it
+    is asked again, for as long as the lock would live; after that the answer is no: nothing is sent, the
+    attempt is NOT_PLACED, and recovery resends the event once Redis is back."""
+    deadline = time.monotonic() + current_app.config["LOCK_TIMEOUT_SECONDS"]
+    pause = 0.1
+    while True:
+        try:
+            return all(locks.still_held([held]))
+        except RedisError as exc:
+            if time.monotonic() >= deadline:
+                log.error("lock cannot be checked: not sending", extra={"strategy_id": held.strategy_id,
+                                                                        "error": str(exc)})
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def _swap(row: OrderLog, holder: str, **values: object) -> bool:
@@ -226,11 +245,11 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
             except IntegrityError:
                 db.session.rollback()  # another holder claimed this attempt: it acts now, unless we still hold
                 row = None
-                if not all(locks.still_held([held])):
+                if not _fence(locks, held):
                     raise LockLost(f"strategy {strategy.id}: lock lost to another holder") from None
                 continue
-        if not all(locks.still_held([held])):
-            _mark(row, held, "NOT_PLACED", "lock lost before sending: not sent")
+        if not _fence(locks, held):
+            _mark(row, held, "NOT_PLACED", "lock not proven ours before sending: not sent")
             raise LockLost(f"strategy {strategy.id}: lock lost before sending attempt {row.attempt}")
         _release_connection()
         state = _send(broker, strategy, event, request, row, held)
