@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -18,6 +20,7 @@ from tests.bench import harness
 from tests.bench.harness import summary
 
 LATENCY_MS, FILL_MS = 50, 200
+FLOOR_ACCOUNTS = 900_000  # the floor's accounts: rate-limit buckets of their own
 
 
 def _paper_orders(app) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
@@ -69,16 +72,29 @@ class Memory:
             time.sleep(0.05)
 
 
+def _floor(sysm, strategies: int, accounts: int, processes: int = 2) -> dict:  # type: ignore[no-untyped-def]
+    """The paper exchange alone, driven as the workers drive it, with no engine (tests/bench/floor.py)."""
+    start = time.time() + 8  # each process's threads are up by then
+    share = accounts // processes
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.bench.floor", str(FLOOR_ACCOUNTS + n * share), str(share),
+                               str(strategies // accounts), f"{start:.3f}"], cwd=harness.ROOT, env=sysm.env,
+                              stdout=subprocess.PIPE, text=True) for n in range(processes)]
+    results = [json.loads(proc.communicate(timeout=120)[0].strip().splitlines()[-1]) for proc in procs]
+    return {"placed": [x for r in results for x in r["placed"]], "filled": [x for r in results for x in r["filled"]],
+            "cpu": sum(r["cpu"] for r in results)}
+
+
 def herd(strategies: int = 1000, accounts: int = 100, breaches: int = 40) -> None:
     import os
 
     from sqlalchemy import select
 
     with harness.system() as sysm:
+        sysm.env.update(PAPER_LATENCY_MS=str(LATENCY_MS), PAPER_FILL_MS=str(FILL_MS))
+        floor = _floor(sysm, strategies, accounts)
         catalogue = sysm.workdir / "instruments.csv"
         names = harness.synthetic_instruments(catalogue, breaches + 1)
         os.environ["PAPER_INSTRUMENTS_FILE"] = sysm.env["PAPER_INSTRUMENTS_FILE"] = str(catalogue)
-        sysm.env.update(PAPER_LATENCY_MS=str(LATENCY_MS), PAPER_FILL_MS=str(FILL_MS))
         app = harness.make_app(sysm)
         lead = 8 + strategies / 50
         buy, instant = harness.ist_after(lead)
@@ -109,7 +125,7 @@ def herd(strategies: int = 1000, accounts: int = 100, breaches: int = 40) -> Non
         with app.app_context():
             confirmed = db.session.scalars(select(Strategy.updated_at).where(Strategy.id.in_(ids))).all()
         orders = _paper_orders(app)
-        buys = [o for o in orders if o["side"] == "BUY"]
+        buys = [o for o in orders if o["side"] == "BUY" and not o["tag"].startswith("F")]
         placed = sorted(float(o["placed_epoch"]) - instant for o in buys)
         duplicates = sum(n - 1 for n in Counter(o["tag"] for o in buys).values() if n > 1)
         print(f"herd: {strategies} strategies over {accounts} accounts, one buy time; paper broker at "
@@ -123,6 +139,11 @@ def herd(strategies: int = 1000, accounts: int = 100, breaches: int = 40) -> Non
         late = [(c.timestamp() - instant) * 1000 for c in confirmed]
         print(f"  every position confirmed {max(late):.0f} ms after the instant (floor: a round trip and the "
               f"fill, ~{LATENCY_MS + FILL_MS} ms)")
+        print(f"  floor, same machine and run: the paper exchange alone, {strategies} orders over {accounts} other "
+              f"accounts from 2 processes x ORDER_THREADS threads, no engine: last order at the exchange "
+              f"{max(floor['placed']) * 1000:.0f} ms, last fill seen {max(floor['filled']) * 1000:.0f} ms, "
+              f"CPU {floor['cpu'] / strategies * 1000:.1f} ms an order; "
+              + summary("at the exchange", [x * 1000 for x in floor["placed"]]))
         print(f"  worker RSS: at rest {at_rest:.0f} MB each, peak {memory.peak:.0f} MB; worker CPU {cpu_used:.1f} s "
               f"over {herd_wall:.1f} s ({cpu_used / strategies * 1000:.1f} ms an order, 2 cores shared with "
               f"scheduler, listener, Redis and this client)")
