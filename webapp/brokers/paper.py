@@ -50,11 +50,46 @@ PAISE = Decimal("0.01")
 # And on keys.paper_followup_faults(), one per follow-up call: error500 (the call answers HTTP 500).
 SLOW_ANSWER_SECONDS = 5.0
 PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
+REJECT_MESSAGE = "RMS:Margin Exceeds, Required:0, Available:0 (injected)"
+
+# Takes one order in one round trip: plays the next placement fault, numbers the order, and books it at the
+# last tick the listener stored (else the catalogue's price). The fill price is worked out from that arrival
+# price in Python (Decimal), when the order's state is read. KEYS: faults, sequence, last price. ARGV: day
+# (yymmdd), TTL, catalogue price ('' if none), reject message, partial message, order key prefix, tag list key, then the
+# order's own fields as name/value pairs. Returns {fault or 'ok', order id or '', status}.
+_PLACE = """
+local fault = redis.call('LPOP', KEYS[1]) or 'ok'
+if fault == 'unavailable' or fault == 'timeout' or fault == 'error500' or fault == 'auth' then
+  return {fault, '', ''}
+end
+local arrival = redis.call('GET', KEYS[3]) or ARGV[3]
+if arrival == '' then return {'unknown', '', ''} end
+local order_id = ARGV[1] .. string.format('%09d', redis.call('INCR', KEYS[2]))
+local key = ARGV[6] .. order_id
+local quantity = 0
+for i = 8, #ARGV, 2 do
+  redis.call('HSET', key, ARGV[i], ARGV[i + 1])
+  if ARGV[i] == 'quantity' then quantity = tonumber(ARGV[i + 1]) end
+end
+local status, planned, filled, message = 'OPEN', 'COMPLETE', quantity, ''
+if fault == 'reject' then
+  status, planned, filled, message = 'REJECTED', 'REJECTED', 0, ARGV[4]
+elseif string.sub(fault, 1, 8) == 'partial:' then
+  planned, filled = 'CANCELLED', math.min(tonumber(string.sub(fault, 9)), quantity)
+end
+redis.call('HSET', key, 'status', status, 'filled_quantity', 0, 'message', message,
+  'arrival_price', arrival, 'planned_status', planned, 'planned_filled', filled,
+  'planned_message', planned == 'CANCELLED' and ARGV[5] or message)
+redis.call('EXPIRE', key, tonumber(ARGV[2]))
+redis.call('RPUSH', ARGV[7], order_id)
+redis.call('EXPIRE', ARGV[7], tonumber(ARGV[2]))
+return {fault, order_id, status}
+"""
 
 # Settles an order whose fill time has come, atomically and idempotently, and plays a follow-up fault.
 # KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call. Returns {fault or false,
-# [status, tag, filled_quantity, average_price, message]} (only what an OrderState needs: replies are parsed
-# in Python, and the whole hash is four times as long).
+# [status, tag, filled_quantity, arrival_price, message, side, slippage]} (only what an OrderState needs:
+# replies are parsed in Python, and the whole hash is three times as long).
 _SETTLE = """
 local fault = false
 if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
@@ -62,7 +97,8 @@ if redis.call('HGET', KEYS[1], 'status') == 'OPEN' and tonumber(ARGV[1]) >= tonu
   local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
   redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
 end
-return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'average_price', 'message')}
+return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'arrival_price', 'message', 'side',
+  'slippage')}
 """
 
 
@@ -113,19 +149,25 @@ class PaperBroker:
         if order.market_protection != -1 and not 0 < order.market_protection <= 100:
             raise OrderRejected("Market orders without market protection are not allowed via API. Please set market "
                                 "protection or use a Limit order.")
+        reference = instruments.lookup(order.exchange, order.symbol)
         if self.limiter is not None:
             try:
                 self.limiter.acquire(f"paper{self.account_id}", "orders")
             except (TimeoutError, redis.RedisError) as exc:  # nothing was sent
                 raise BrokerUnavailable(f"rate limiter: {exc}") from exc
         self.timing.leg()
-        # One round trip for the fault script, the last tick and a new order number.
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.lpop(keys.paper_faults())
-        pipe.get(keys.last_price(order.exchange, order.symbol))
-        pipe.incr(keys.paper_sequence())
-        raw_fault, tick, sequence = pipe.execute()
-        fault = (raw_fault or b"ok").decode()
+        now = clock.now()
+        epoch = now.timestamp()
+        fault, order_id, status = (x.decode() for x in redis_client.script(self.conn, _PLACE)(
+            keys=[keys.paper_faults(), keys.paper_sequence(), keys.last_price(order.exchange, order.symbol)],
+            args=[f"{now:%y%m%d}", ORDER_TTL_SECONDS, str(reference.last_price) if reference else "", REJECT_MESSAGE, PARTIAL_MESSAGE,
+                  keys.paper_order(""), keys.paper_tag(self.account_id, order.tag),
+                  "tag", order.tag, "side", order.side, "quantity", order.quantity, "exchange", order.exchange,
+                  "symbol", order.symbol, "product", order.product, "account_id", self.account_id,
+                  "placed_at", now.isoformat(), "placed_epoch", f"{epoch:.6f}",
+                  "fill_at", int(epoch * 1000 + self.timing.fill_ms), "slippage", str(self.slippage),
+                  "market_protection", order.market_protection, "algo_id", order.algo_id or ""],
+            client=self.conn))
         if fault == "unavailable":
             raise BrokerUnavailable("paper exchange: HTTP 503 (injected)")
         if fault == "timeout":
@@ -134,42 +176,16 @@ class PaperBroker:
             raise BrokerTimeout("paper exchange: HTTP 500 on placement (injected)")
         if fault == "auth":
             raise BrokerAuthFailed("paper exchange: session expired (injected)")
-        order_id = f"{clock.now():%y%m%d}{sequence:09d}"
-        self._book(order, order_id, fault, tick)
+        if fault == "unknown":
+            raise OrderRejected(f"{order.exchange}:{order.symbol} is not an instrument of the paper exchange")
+        if status == "OPEN":
+            _fills(self.conn).at(epoch + self.timing.fill_ms / 1000, order_id)
         if fault == "timeout_after_accept":
             raise BrokerTimeout("paper exchange: read timed out after the order was taken (injected)")
         if fault == "slow_after_accept":
             time.sleep(SLOW_ANSWER_SECONDS)
         self.timing.leg()
         return order_id
-
-    def _book(self, order: OrderRequest, order_id: str, fault: str, tick: bytes | None) -> None:
-        price = self._price(order.exchange, order.symbol, tick)
-        moved = (price * (1 + self.slippage) if order.side == "BUY" else price * (1 - self.slippage)).quantize(PAISE)
-        now = clock.epoch()
-        fields = {
-            "status": "OPEN", "tag": order.tag, "side": order.side, "quantity": order.quantity,
-            "exchange": order.exchange, "symbol": order.symbol, "product": order.product,
-            "filled_quantity": 0, "average_price": str(moved), "message": "", "account_id": self.account_id,
-            "placed_at": clock.now().isoformat(), "placed_epoch": f"{now:.6f}",
-            "fill_at": int((now * 1000) + self.timing.fill_ms),
-            "market_protection": order.market_protection, "algo_id": order.algo_id or "",
-            "planned_status": "COMPLETE", "planned_filled": order.quantity, "planned_message": "",
-        }
-        if fault == "reject":
-            fields.update(status="REJECTED", average_price="",
-                          message="RMS:Margin Exceeds, Required:0, Available:0 (injected)")
-        elif fault.startswith("partial:"):
-            fields.update(planned_status="CANCELLED", planned_filled=min(int(fault.split(":")[1]), order.quantity),
-                          planned_message=PARTIAL_MESSAGE)
-        pipe = self.conn.pipeline()
-        pipe.hset(keys.paper_order(order_id), mapping=fields)
-        pipe.expire(keys.paper_order(order_id), ORDER_TTL_SECONDS)
-        pipe.rpush(keys.paper_tag(self.account_id, order.tag), order_id)
-        pipe.expire(keys.paper_tag(self.account_id, order.tag), ORDER_TTL_SECONDS)
-        pipe.execute()
-        if fields["status"] == "OPEN":
-            _fills(self.conn).at(fields["fill_at"] / 1000, order_id)
 
     def order_status(self, order_id: str) -> OrderState:
         self.timing.leg()
@@ -198,11 +214,14 @@ def _settle_call(conn: redis.Redis, order_id: str, followup: bool, client: redis
 def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> OrderState:
     if fault == b"error500":
         raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
-    status, tag, filled, average, message = (None if f is None else f.decode() for f in fields)
+    status, tag, filled, arrival, message, side, slippage = (None if f is None else f.decode() for f in fields)
     if status is None:
         raise BrokerUnavailable(f"paper exchange has no order {order_id}")
-    return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=int(filled),
-                      average_price=Decimal(average) if int(filled) and average else None,
+    average = None
+    if int(filled):  # the arrival price moved against the trader by the slippage
+        move = Decimal(slippage) if side == "BUY" else -Decimal(slippage)
+        average = (Decimal(arrival) * (1 + move)).quantize(PAISE)
+    return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=int(filled), average_price=average,
                       message=message or None)
 
 
