@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 from decimal import Decimal
+from typing import Callable
 
 from flask import current_app
 
@@ -31,25 +32,38 @@ def get_broker(name: str, account_id: int = 0, credentials: Credentials | None =
     config = current_app.config
     if name == "paper":
         # Kite's limits apply to paper orders too, so paper trading paces a burst as live trading would.
-        return PaperBroker(redis_client.current(), account_id, Decimal(str(config["PAPER_SLIPPAGE_BPS"])),
-                           Timing(config["PAPER_LATENCY_MS"], config["PAPER_FILL_MS"]), _limiter())
+        # One per account and setting, made once: an order thread should not pay for building it.
+        key = ("paper", config["REDIS_URL"], account_id, config["PAPER_SLIPPAGE_BPS"], config["PAPER_LATENCY_MS"],
+               config["PAPER_FILL_MS"], _limits_key())
+        return _cached(key, lambda: PaperBroker(
+            redis_client.current(), account_id, Decimal(str(config["PAPER_SLIPPAGE_BPS"])),
+            Timing(config["PAPER_LATENCY_MS"], config["PAPER_FILL_MS"]), _limiter()))
     if name == "kite":
         if credentials is not None:
             return _kite(credentials)
         credentials = _stored_credentials(account_id)
         # One client per account and session: its kept-alive connection saves a TCP (and TLS) handshake
         # on every order, and threads share it (requests' pool).
-        key = (config["KITE_API_ROOT"], account_id, credentials)
-        with _clients_guard:
-            client = _clients.get(key)
-            if client is None:
-                client = _clients[key] = _kite(credentials)
-        return client
+        return _cached(("kite", config["KITE_API_ROOT"], account_id, credentials, _limits_key()),
+                       lambda: _kite(credentials))
     raise ValueError(f"unknown broker {name!r} (expected 'paper' or 'kite')")
 
 
-_clients: dict[tuple[str, int, Credentials], KiteBroker] = {}
+_clients: dict[tuple, Broker] = {}
 _clients_guard = threading.Lock()
+
+
+def _cached(key: tuple, make: Callable[[], Broker]) -> Broker:
+    with _clients_guard:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = make()
+        return client
+
+
+def _limits_key() -> tuple[str, ...]:
+    config = current_app.config
+    return (config["REDIS_URL"], config["KITE_ORDER_LIMITS"], config["KITE_QUOTE_LIMITS"], config["KITE_OTHER_LIMITS"])
 
 
 def _limiter() -> RateLimiter:
