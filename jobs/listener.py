@@ -12,7 +12,8 @@ import logging
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import date
 
 import redis
@@ -56,6 +57,7 @@ class Listener:
         self.lock = threading.Lock()  # guards the index and the tick bookkeeping across the two threads
         self.index = StopIndex()
         self.members: dict[int, Member] = {}
+        self.holders: Counter[str] = Counter()  # members per instrument: what the feed must be subscribed to
         self.fired: set[str] = set()  # STOPLOSS event ids sent and not yet acted on
         self.subscribed: dict[str, Instrument] = {}
         self.subscribed_at: dict[str, float] = {}
@@ -129,6 +131,7 @@ class Listener:
         members = self._load(stops)
         with self.lock:
             self.members = members
+            self.holders = Counter(m.instrument.key for m in members.values())
             self.index = StopIndex()
             for member in members.values():
                 self._index(member)
@@ -185,6 +188,15 @@ class Listener:
         sid = int(message["strategy_id"])
         status = message.get("status")
         if status in {s.value for s in RUNNING}:
+            known = self.members.get(sid)
+            if known is not None and status == Status.IN_POSITION and known.instrument.symbol == message.get("symbol"):
+                # The same run moved on (its BUY filled): instrument and stop are as loaded (a new run starts
+                # as waiting_entry, and a missed message means a resync, never this). No read and no
+                # subscription change: at the 09:15 herd this is a thousand messages in a second or two.
+                with self.lock:
+                    member = self.members[sid] = replace(known, status=status)
+                    self._index(member)
+                return
             score = self.conn.zscore(keys.symbol_strategies(message.get("symbol") or ""), sid) \
                 if message.get("symbol") else None
             loaded = self._load({sid: score}) if score is not None else {}
@@ -192,20 +204,34 @@ class Listener:
                 return
             member = loaded[sid]
             with self.lock:
+                self._forget(sid)
                 self.members[sid] = member
+                self.holders[member.instrument.key] += 1
                 self._index(member)
+            if member.instrument.key not in self.subscribed:
+                self.sync_subscriptions()
         else:
             with self.lock:
-                member = self.members.pop(sid, None)
-                if member is not None:
-                    self.index.remove(member.instrument.key, sid)
+                member = self._forget(sid)
                 self.fired = {e for e in self.fired if not e.startswith(f"{sid}:")}
-        self.sync_subscriptions()
+            if member is not None and not self.holders[member.instrument.key]:
+                self.sync_subscriptions()
+
+    def _forget(self, sid: int) -> Member | None:
+        """Caller holds the lock."""
+        member = self.members.pop(sid, None)
+        if member is not None:
+            self.index.remove(member.instrument.key, sid)
+            self.holders[member.instrument.key] -= 1
+            if not self.holders[member.instrument.key]:
+                del self.holders[member.instrument.key]
+        return member
 
     def sync_subscriptions(self, publish: bool = False) -> None:
         """Subscribes and unsubscribes the feed to match the running strategies; writes the subscribed set to
         Redis when it changed or when asked (after a resync: Redis may have been wiped)."""
-        wanted = {m.instrument.key: m.instrument for m in list(self.members.values())}
+        with self.lock:
+            wanted = {m.instrument.key: m.instrument for m in self.members.values()}
         new = [i for key, i in wanted.items() if key not in self.subscribed]
         gone = [i for key, i in self.subscribed.items() if key not in wanted]
         if not new and not gone and not publish:
