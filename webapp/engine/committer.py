@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from flask import Flask
 from sqlalchemy import bindparam, update
@@ -43,14 +44,18 @@ class Result:
     row_values: dict
     strategy_id: int
     strategy_values: dict
+    context: Any = None  # the caller's, handed back to on_committed
     done: threading.Event = field(default_factory=threading.Event)
     recorded: bool = False
     error: BaseException | None = None
 
 
 class Committer:
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, on_committed: Callable[[list[Result]], None]) -> None:
+        """on_committed: what follows a group's commit, for its recorded results, before their threads go
+        on (the engine publishes the runtime state and gives the locks back, for the group at once)."""
         self.app = app
+        self.on_committed = on_committed
         self.pending: queue.SimpleQueue[Result] = queue.SimpleQueue()
         threading.Thread(target=self._run, name="committer", daemon=True).start()
 
@@ -83,6 +88,12 @@ class Committer:
                             log.warning("group commit failed, retrying", extra={"error": str(exc)})
                             time.sleep(pause)
                 db.session.remove()
+                recorded = [result for result in group if result.recorded and result.error is None]
+                if recorded:
+                    try:
+                        self.on_committed(recorded)
+                    except Exception:  # noqa: BLE001 — committed is committed; recovery rebuilds what follows
+                        log.exception("after-commit step failed", extra={"event": "after_commit_failed"})
             for result in group:
                 result.done.set()
 
@@ -98,5 +109,5 @@ class Committer:
                                              **{f"new_{k}": v for k, v in result.strategy_values.items()}})
 
 
-def committer(app: Flask) -> Committer:
-    return process_local.one(("committer", id(app)), lambda: Committer(app))
+def committer(app: Flask, on_committed: Callable[[list[Result]], None]) -> Committer:
+    return process_local.one(("committer", id(app)), lambda: Committer(app, on_committed))

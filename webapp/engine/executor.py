@@ -282,10 +282,9 @@ def _place(work: Work) -> str:
         else:
             values = final_values(row, state, note)
             outcome = _apply(strategy, event, state)
-            if not _commit_result(strategy, row, values, work.held):
+            if not _commit_result(strategy, row, values, work.held, release=outcome != PARTIAL):
                 log.error("attempt taken over by another holder", extra=_ids(event, strategy))
                 return "dropped: taken over"
-            _publish([strategy], db.session.info.pop(FLAGGED, []))
             if outcome != PARTIAL:
                 return outcome
             strategy = db.session.get(Strategy, strategy.id)
@@ -297,9 +296,10 @@ def _place(work: Work) -> str:
         return outcome
 
 
-def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held) -> bool:
+def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held, release: bool) -> bool:
     """The row's final state and the strategy's new one, in one transaction, only if this holder still
-    owns the row. The common case goes through the process's group committer; a result that also writes
+    owns the row, then published (and the lock given back when `release`). The common case goes through the
+    process's group committer, which publishes its whole group in one round trip; a result that also writes
     an audit event or flags other strategies commits in this thread's session."""
     if db.session.new or db.session.info.get(FLAGGED):
         if not record(row, values, held):
@@ -307,13 +307,19 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held) 
             return False
         _attach(strategy)
         db.session.commit()
+        _publish([strategy], db.session.info.pop(FLAGGED, []))
         return True
     result = Result(row.id, held.token, values, strategy.id,
-                    {name: getattr(strategy, name) for name in STRATEGY_RESULT})
-    recorded = committer(current_app._get_current_object()).commit(result)
+                    {name: getattr(strategy, name) for name in STRATEGY_RESULT}, context=(strategy, held, release))
+    recorded = committer(current_app._get_current_object(), _committed).commit(result)
     if strategy in db.session:
         db.session.expunge(strategy)  # written by the committer: this session must not write it again
     return recorded
+
+
+def _committed(results: list[Result]) -> None:
+    """After a group commit (the committer's thread): the group's runtime state and locks, in one round trip."""
+    _publish([r.context[0] for r in results], [], release=[r.context[1] for r in results if r.context[2]])
 
 
 def _attach(strategy: Strategy) -> None:
@@ -333,14 +339,16 @@ def _broker(strategy: Strategy) -> Broker:
     return get_broker(current_app.config["BROKER"], strategy.broker_account_id or 0)
 
 
-def _publish(strategies: list[Strategy], flagged: list[Strategy]) -> None:
+def _publish(strategies: list[Strategy], flagged: list[Strategy], release: list[Held] = ()) -> None:
     """Redis after the database, retried briefly: a runtime hash left behind the database would leave a
     position's stop-loss unwatched until recovery's next round. `flagged` are other strategies whose
     attention flag this unit of work set without holding their locks: only that flag is written, never their
-    status or position, which another worker may be changing right now."""
+    status or position, which another worker may be changing right now. `release`: locks given back in the
+    same round trip (their threads are done with them)."""
     if not strategies and not flagged:
         return
     conn = redis_client.current()
+    held_locks = _locks()
     for pause in PUBLISH_RETRIES:
         try:
             pipe = conn.pipeline(transaction=False)
@@ -353,7 +361,10 @@ def _publish(strategies: list[Strategy], flagged: list[Strategy]) -> None:
                     runtime.update(pipe, strategy, **extra)
             for other in flagged:
                 runtime.flag(pipe, other)
+            for held in release:
+                held_locks.release_in(pipe, held)
             pipe.execute()
+            held_locks.released(list(release))
             break
         except RedisError as exc:
             if pause is None:

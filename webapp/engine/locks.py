@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import redis
+from redis.client import Pipeline
 
 from webapp import process_local, redis_client
 from webapp.keys import runtime_lock
@@ -83,7 +84,10 @@ class Locks:
         return mine
 
     def release(self, held: Held) -> None:
+        """Gives the lock back, unless it was already given back (release_in)."""
         with self.guard:
+            if held not in self.held:
+                return
             self.held.discard(held)
         try:
             if not redis_client.script(self.conn, _RELEASE)(keys=[runtime_lock(held.strategy_id)], args=[held.token],
@@ -91,6 +95,14 @@ class Locks:
                 log.warning("strategy lock was lost before release", extra={"strategy_id": held.strategy_id})
         except redis.RedisError as exc:  # it expires by itself
             log.warning("strategy lock not released", extra={"strategy_id": held.strategy_id, "error": str(exc)})
+
+    def release_in(self, pipe: Pipeline, held: Held) -> None:
+        """Gives the lock back as part of the caller's pipeline; call released() once it has run."""
+        redis_client.script(self.conn, _RELEASE)(keys=[runtime_lock(held.strategy_id)], args=[held.token], client=pipe)
+
+    def released(self, held: list[Held]) -> None:
+        with self.guard:
+            self.held.difference_update(held)
 
     def _keep(self) -> None:
         while True:

@@ -148,7 +148,8 @@ def _mark(row: OrderLog, held: Held, status: str, error: str) -> None:
 def _release_connection() -> None:
     """Ends the session's transaction, giving its connection back to the pool: nothing holds a database
     connection while it waits on the broker, or a pool of 15 would cap the orders in flight at 15."""
-    db.session.commit()
+    if db.session().in_transaction():
+        db.session.commit()
 
 
 def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy) -> OrderState:
