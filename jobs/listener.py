@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from datetime import date
 
 import redis
 from flask import Flask
@@ -23,7 +22,7 @@ from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
 from webapp.engine import dispatch
-from webapp.engine.events import FAIL, STOPLOSS, Event
+from webapp.engine.events import FAIL, STOPLOSS, Event, event_id
 from webapp.engine.stop_index import StopIndex
 from webapp.brokers import updates
 from webapp.brokers.kite import order_state
@@ -46,7 +45,7 @@ class Member:
     instrument: Instrument
     stop: float
     status: str
-    run_date: date
+    run_id: int
 
 
 class Listener:
@@ -92,7 +91,7 @@ class Listener:
             member = self.members.get(strategy_id)
             if member is None:
                 continue
-            event = Event.for_run(STOPLOSS, strategy_id, member.run_date, price=f"{tick.price:.2f}")
+            event = Event.for_run(STOPLOSS, strategy_id, member.run_id, price=f"{tick.price:.2f}")
             events.append(event)
             armed.append((event, tick.instrument.key, stop))
             prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
@@ -141,21 +140,21 @@ class Listener:
         ids = list(stops)
         pipe = self.conn.pipeline(transaction=False)
         for sid in ids:
-            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_date")
+            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id")
             pipe.hget(keys.runtime(sid), "status")
         replies = pipe.execute()
         members = {}
         for n, sid in enumerate(ids):
-            (exchange, symbol, token, run_date), status = replies[2 * n], replies[2 * n + 1]
-            if not (exchange and symbol and run_date and status):
+            (exchange, symbol, token, run), status = replies[2 * n], replies[2 * n + 1]
+            if not (exchange and symbol and run and status):
                 continue  # being started or stopped right now; the next message or resync settles it
             members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)), stops[sid],
-                                  status.decode(), date.fromisoformat(run_date.decode()))
+                                  status.decode(), int(run))
         return members
 
     def _index(self, member: Member) -> None:
         """Caller holds the lock. Only a held position can be stopped out, and only once per run."""
-        fired = f"{member.strategy_id}:{STOPLOSS}:{member.run_date:%Y%m%d}" in self.fired
+        fired = event_id(STOPLOSS, member.strategy_id, member.run_id) in self.fired
         if member.status == Status.IN_POSITION and not fired:
             self.index.add(member.instrument.key, member.strategy_id, member.stop)
         else:
@@ -260,7 +259,7 @@ class Listener:
         pipe.execute()
 
     def _symbol_unavailable(self, unknown: set[str]) -> None:
-        events = [Event.for_run(FAIL, m.strategy_id, m.run_date, reason=f"symbol unavailable: the feed does not know "
+        events = [Event.for_run(FAIL, m.strategy_id, m.run_id, reason=f"symbol unavailable: the feed does not know "
                                 f"{m.instrument.key}") for m in self.members.values() if m.instrument.key in unknown]
         for event in events:
             log.error("symbol unavailable", extra={"event": FAIL, "strategy_id": event.strategy_id,

@@ -11,7 +11,9 @@ from tests.helpers import PAPER_CREDENTIALS, api_register, api_strategy
 from webapp import clock, keys, redis_client
 from webapp.engine.events import Event, order_tag
 from webapp.engine import dispatch
-from webapp.market_calendar import IST, exchange_date
+from webapp.extensions import db
+from webapp.market_calendar import IST
+from webapp.models import Strategy
 
 
 def seconds_ahead(seconds: float) -> str:
@@ -29,9 +31,21 @@ def trader(client, email: str) -> dict:  # type: ignore[no-untyped-def]
 
 def started_strategy(client, headers: dict, buy_in: float, sell_in: float, **changes: object) -> int:  # type: ignore[no-untyped-def]
     sid = api_strategy(client, headers, buy_time=seconds_ahead(buy_in), sell_time=seconds_ahead(sell_in), **changes)
+    start(client, headers, sid)
+    return sid
+
+
+def start(client, headers: dict, sid: int) -> int:  # type: ignore[no-untyped-def]
+    """START through the API; returns the new run's id (what run_event builds event ids from)."""
     response = client.post(f"/api/v1/strategy/{sid}/start", headers=headers)
     assert response.status_code == 200, response.json
-    return sid
+    with client.application.app_context():
+        _RUNS[sid] = db.session.get(Strategy, sid).run_id
+        db.session.remove()
+    return _RUNS[sid]
+
+
+_RUNS: dict[int, int] = {}  # strategy id → its latest run, as started by these helpers
 
 
 def status(client, headers: dict, sid: int) -> dict:  # type: ignore[no-untyped-def]
@@ -47,8 +61,9 @@ def orders(client, headers: dict, sid: int) -> list[dict]:  # type: ignore[no-un
     return client.get(f"/api/v1/strategy/{sid}/orders", headers=headers).json["orders"]
 
 
-def today_event(kind: str, sid: int) -> Event:
-    return Event.for_run(kind, sid, exchange_date(clock.now()))
+def run_event(kind: str, sid: int) -> Event:
+    """The event of this kind for the strategy's latest run started through start()."""
+    return Event.for_run(kind, sid, _RUNS[sid])
 
 
 def send(app, event: Event) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.engine_helpers import broker_orders, orders, started_strategy, today_event, trader, wait_status
+from tests.engine_helpers import broker_orders, orders, run_event, start, started_strategy, trader, wait_status
 from tests.helpers import PASSWORD, api_register, api_strategy, browser_login, csrf_token, db_scalar, db_update
 from webapp.engine.events import KILL
 from webapp.models import AuditEvent, User
@@ -70,7 +70,7 @@ def test_kill_switch_stops_another_users_position_with_one_sell_and_blocks_start
     killed = wait_status(client, headers, sid, "killed")
     assert killed["position"] == 0 and killed["status_reason"] == "stopped by the admin kill switch"
     assert [(o["event"], o["side"]) for o in orders(client, headers, sid)] == [("BUY", "BUY"), ("KILL", "SELL")]
-    assert broker_orders(redis_conn, today_event(KILL, sid).event_id) == 1
+    assert broker_orders(redis_conn, run_event(KILL, sid).event_id) == 1
     # New STARTs are refused until the switch is released; the victim's page says why.
     later = api_strategy(client, headers, buy_time="23:59:00", sell_time="23:59:30")
     refused = client.post(f"/api/v1/strategy/{later}/start", headers=headers)
@@ -81,7 +81,7 @@ def test_kill_switch_stops_another_users_position_with_one_sell_and_blocks_start
     assert "ENGAGED for user" in page and "runaway orders" in page
     switch_id = audit.detail["switch_id"]
     assert admin.post(f"/admin/kill/{switch_id}/release", data={"csrf_token": token}).status_code == 303
-    assert client.post(f"/api/v1/strategy/{later}/start", headers=headers).status_code == 200
+    start(client, headers, later)
     # Another user's trading was never touched.
     other = api_register(client, "bystander@example.com")
     assert client.get("/api/v1/strategies", headers=other).json["strategies"] == []

@@ -8,13 +8,14 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.engine_helpers import (
+    start,
     broker_orders,
     inject_faults,
     orders,
     send,
     started_strategy,
     status,
-    today_event,
+    run_event,
     trader,
     wait_status,
 )
@@ -59,7 +60,7 @@ def test_scheduled_buy_then_sell(client, engine, redis_conn):
 def test_the_same_buy_delivered_twice_places_one_order(app, client, engine, redis_conn):
     headers = trader(client, "d@example.com")
     sid = started_strategy(client, headers, buy_in=60, sell_in=120)
-    event = today_event(BUY, sid)
+    event = run_event(BUY, sid)
     send(app, event)
     send(app, event)
     wait_status(client, headers, sid, "in_position")
@@ -87,10 +88,10 @@ def test_broker_failing_three_times_fails_the_strategy_and_places_nothing_more(a
     assert "failed after 3 attempts" in failed["status_reason"] and failed["needs_attention"] is False
     assert [o["status"] for o in orders(client, headers, sid)] == ["ERROR"] * 3
     # Invariant 3: nothing is placed for a failed strategy, even if a trigger still arrives.
-    send(app, today_event(SELL, sid))
-    send(app, today_event(BUY, sid))
+    send(app, run_event(SELL, sid))
+    send(app, run_event(BUY, sid))
     wait_for(lambda: engine.log("worker").count("event dropped by the state machine") >= 2, what="events dropped")
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 0
     assert len(orders(client, headers, sid)) == 3
 
 
@@ -133,10 +134,10 @@ def test_stop_while_in_position_squares_off_with_exactly_one_sell(app, client, e
     stopped = wait_status(client, headers, sid, "stopped")
     assert stopped["position"] == 0
     # The SELL trigger was cancelled, and a late SELL delivery is dropped.
-    send(app, today_event(SELL, sid))
+    send(app, run_event(SELL, sid))
     wait_for(lambda: "event dropped by the state machine" in engine.log("worker"), what="late SELL dropped")
     assert [(o["event"], o["side"]) for o in orders(client, headers, sid)] == [("BUY", "BUY"), ("STOP", "SELL")]
-    assert broker_orders(redis_conn, today_event(SELL, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(SELL, sid).event_id) == 0
 
 
 def test_stop_before_entry_places_nothing(app, client, engine, redis_conn):
@@ -148,9 +149,9 @@ def test_stop_before_entry_places_nothing(app, client, engine, redis_conn):
     # The BUY trigger is gone, and a BUY that still arrives is dropped: nothing reaches the broker.
     with app.app_context():
         assert schedule.scheduled_at(redis_client.current(), sid, BUY) is None
-    send(app, today_event(BUY, sid))
+    send(app, run_event(BUY, sid))
     wait_for(lambda: "event dropped by the state machine" in engine.log("worker"), what="late BUY dropped")
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 0
     assert orders(client, headers, sid) == []
 
 
@@ -184,14 +185,14 @@ class TestTwoWorkers:
         buy, sell = seconds_ahead(3), seconds_ahead(60)
         ids = [api_strategy(client, headers, name=f"s{i}", buy_time=buy, sell_time=sell) for i in range(50)]
         for sid in ids:
-            assert client.post(f"/api/v1/strategy/{sid}/start", headers=headers).status_code == 200
+            start(client, headers, sid)
         # Every BUY is also delivered a second time, racing the first across the two workers.
         for sid in ids:
-            send(app, today_event(BUY, sid))
+            send(app, run_event(BUY, sid))
         for sid in ids:
             wait_status(client, headers, sid, "in_position")
         for sid in ids:
-            assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 1
+            assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 1
             assert len(orders(client, headers, sid)) == 1
         assert "worker2" in engine.running
 
@@ -201,16 +202,16 @@ class TestTwoWorkers:
         for sid in ids:
             wait_status(client, headers, sid, "in_position")
         for sid in ids:
-            send(app, today_event(SELL, sid))
-            send(app, today_event(STOPLOSS, sid))
+            send(app, run_event(SELL, sid))
+            send(app, run_event(STOPLOSS, sid))
         finals = [wait_for(lambda sid=sid: status(client, headers, sid)["status"] in ("completed", "stopped_loss")
                            and status(client, headers, sid), what="exit") for sid in ids]
         for sid, final in zip(ids, finals):
             exits = [o for o in orders(client, headers, sid) if o["side"] == "SELL"]
             assert len(exits) == 1, exits
             assert final["position"] == 0
-            placed = broker_orders(redis_conn, today_event(SELL, sid).event_id) + broker_orders(
-                redis_conn, today_event(STOPLOSS, sid).event_id)
+            placed = broker_orders(redis_conn, run_event(SELL, sid).event_id) + broker_orders(
+                redis_conn, run_event(STOPLOSS, sid).event_id)
             assert placed == 1
             # The log names the winner: the exit row's event is the one that acted.
             assert exits[0]["event"] == ("SELL" if final["status"] == "completed" else "STOPLOSS")

@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from sqlalchemy import select
 
-from tests.engine_helpers import orders, seconds_ahead, started_strategy, status, wait_status
+from tests.engine_helpers import orders, seconds_ahead, start, started_strategy, status, wait_status
 from tests.fake_kite import FakeKite
 from tests.helpers import api_register, api_strategy, browser_login, csrf_token, db_scalar
 from webapp.models import BrokerAccount
@@ -157,7 +157,7 @@ class TestBurst:
         buy, sell = seconds_ahead(4), seconds_ahead(120)
         ids = [api_strategy(client, headers, name=f"b{i}", buy_time=buy, sell_time=sell) for i in range(30)]
         for sid in ids:
-            assert client.post(f"/api/v1/strategy/{sid}/start", headers=headers).status_code == 200
+            start(client, headers, sid)
         for sid in ids:
             wait_status(client, headers, sid, "in_position", timeout=30)
         assert len(fake.orders) == 30

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, orders, send, started_strategy, status, today_event, trader, wait_status
+from tests.engine_helpers import broker_orders, orders, send, started_strategy, status, run_event, trader, wait_status
 from webapp import keys
 from webapp.engine.events import BUY, SELL, STOPLOSS
 
@@ -52,9 +52,9 @@ def test_first_breaching_tick_fires_one_stoploss_at_that_price(app, client, engi
     # Nothing holds INFY any more, so the listener lets it go; later breaching ticks fire nothing.
     wait_for(lambda: '"event": "feed_unsubscribe"' in engine.log("listener"), what="INFY unsubscribed")
     assert engine.log("listener").count("stop-loss breached") == 1
-    send(app, today_event(SELL, sid))  # the scheduled SELL was cancelled; a stray one is dropped
+    send(app, run_event(SELL, sid))  # the scheduled SELL was cancelled; a stray one is dropped
     wait_for(lambda: "event dropped by the state machine" in engine.log("worker"), what="late SELL dropped")
-    assert broker_orders(redis_conn, today_event(SELL, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(SELL, sid).event_id) == 0
 
 
 def test_other_symbols_and_prices_above_the_stop_never_fire(client, engine, redis_conn, tmp_path):
@@ -125,8 +125,8 @@ def test_a_stoploss_queued_behind_orders_runs_first(app, client, engine, redis_c
     waiting = [started_strategy(client, headers, buy_in=600, sell_in=900, name=f"w{i}") for i in range(5)]
     engine.kill("worker", signal.SIGTERM)  # nothing consumes while the queues fill
     for sid in waiting:
-        send(app, today_event(BUY, sid))
-    send(app, today_event(STOPLOSS, held))
+        send(app, run_event(BUY, sid))
+    send(app, run_event(STOPLOSS, held))
     engine.start("worker", "jobs.worker")
     wait_status(client, headers, held, "stopped_loss")
     for sid in waiting:

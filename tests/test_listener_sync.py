@@ -29,7 +29,7 @@ def held(strategy_id: int, stop: str = "1400") -> Strategy:
     return Strategy(id=strategy_id, user_id=1, symbol="INFY", exchange="NSE", instrument_token=408065, quantity=1,
                     buy_time="09:20:00", sell_time="15:00:00", stop_loss=Decimal(stop), status="in_position",
                     position=1, last_action="BUY", entry_price=Decimal("1500"),
-                    run_date=exchange_date(clock.now()).isoformat())
+                    run_date=exchange_date(clock.now()).isoformat(), run_id=strategy_id)
 
 
 def test_a_message_that_never_arrived_is_noticed_by_the_counter_and_healed(listener, redis_conn):

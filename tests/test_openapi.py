@@ -26,7 +26,7 @@ from webapp.engine import runtime
 from webapp.engine.events import BUY, Event
 from webapp.extensions import db
 from webapp.market_calendar import exchange_date
-from webapp.models import OrderLog, Strategy
+from webapp.models import OrderLog, Run, Strategy
 from webapp.state_machine import Status
 
 API_PREFIX = "/api/v1"
@@ -80,8 +80,12 @@ def _put_in_position(app, strategy_id: int) -> None:  # type: ignore[no-untyped-
     with app.app_context():
         strategy = db.session.get(Strategy, strategy_id)
         run_date = exchange_date(clock.now())
-        event = Event.for_run(BUY, strategy_id, run_date)
+        run = Run(strategy_id=strategy_id, run_date=run_date.isoformat())
+        db.session.add(run)
+        db.session.flush()
+        event = Event.for_run(BUY, strategy_id, run.id)
         strategy.status, strategy.position, strategy.run_date = Status.IN_POSITION.value, 10, run_date.isoformat()
+        strategy.run_id = run.id
         strategy.entry_price, strategy.last_action = Decimal("1450.25"), "BUY"
         db.session.add(OrderLog(strategy_id=strategy_id, user_id=strategy.user_id, event=BUY, event_id=event.event_id,
                                 side="BUY", quantity=10, price=Decimal("1450.25"), broker_order_id="PAPER-1",

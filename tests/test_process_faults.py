@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, inject_faults, orders, started_strategy, today_event, trader, wait_status
+from tests.engine_helpers import broker_orders, inject_faults, orders, started_strategy, run_event, trader, wait_status
 from webapp import keys
 from webapp.engine.events import BUY, STOPLOSS
 
@@ -34,7 +34,7 @@ def test_sigterm_lets_the_worker_finish_the_order_in_hand_and_everything_stops_c
     inject_faults(redis_conn, "slow_after_accept")  # the broker's answer takes 5 s: SIGTERM lands mid-order
     sid = started_strategy(client, headers, buy_in=1, sell_in=120)
     wait_for(lambda: redis_conn.exists(keys.LISTENER_HEARTBEAT, keys.SCHEDULER_HEARTBEAT) == 2, what="all up")
-    event_id = today_event(BUY, sid).event_id
+    event_id = run_event(BUY, sid).event_id
     wait_for(lambda: broker_orders(redis_conn, event_id) == 1, timeout=10, what="the broker to accept the BUY")
     exits = {}
     for name in ("worker", "scheduler", "listener"):
@@ -75,6 +75,6 @@ def test_two_workers_and_two_listeners_place_one_exit_per_breached_strategy(clie
     for sid in breached:
         wait_status(client, headers, sid, "stopped_loss", timeout=30)
         assert [o["event"] for o in orders(client, headers, sid)] == ["BUY", STOPLOSS]
-        assert broker_orders(redis_conn, today_event(STOPLOSS, sid).event_id) == 1
+        assert broker_orders(redis_conn, run_event(STOPLOSS, sid).event_id) == 1
     assert wait_status(client, headers, safe, "in_position", timeout=1)["position"] == 10
     assert [o["event"] for o in orders(client, headers, safe)] == ["BUY"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import select
 
 from tests.conftest import wait_for
 from tests.engine_helpers import (
+    start,
     broker_orders,
     inject_faults,
     orders,
@@ -22,7 +24,7 @@ from tests.engine_helpers import (
     seconds_ahead,
     started_strategy,
     status,
-    today_event,
+    run_event,
     trader,
     wait_status,
 )
@@ -30,7 +32,6 @@ from tests.fake_kite import Account, FakeKite
 from tests.helpers import api_register, api_strategy
 from webapp import clock, keys
 from webapp.engine.events import BUY, STOPLOSS, Event, order_tag
-from webapp.market_calendar import exchange_date
 from webapp.models import OrderLog
 
 pytestmark = pytest.mark.slow
@@ -153,7 +154,7 @@ def test_a_500_on_the_follow_up_keeps_following_and_the_run_stays_in_position(cl
     held = wait_status(client, headers, sid, "in_position")
     assert held["position"] == 10 and not held["needs_attention"]
     assert [o["status"] for o in orders(client, headers, sid)] == ["COMPLETE"]
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 1
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 1
 
 
 def test_a_500_on_placement_is_looked_up_by_tag_before_placing_again(client, slow_paper, redis_conn):
@@ -165,7 +166,7 @@ def test_a_500_on_placement_is_looked_up_by_tag_before_placing_again(client, slo
     wait_status(client, headers, sid, "in_position")
     assert [(o["attempt"], o["status"]) for o in orders(client, headers, sid)] == [(1, "NOT_PLACED"), (2, "COMPLETE")]
     assert "looked up order by tag" in slow_paper.log("worker")
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 1
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 1
 
 
 def test_a_lost_lock_and_a_recovery_resend_place_one_order(client, slow_paper, redis_conn, app):
@@ -179,11 +180,11 @@ def test_a_lost_lock_and_a_recovery_resend_place_one_order(client, slow_paper, r
     headers = trader(client, "fence@example.com")
     inject_faults(redis_conn, "slow_after_accept")
     sid = started_strategy(client, headers, buy_in=1, sell_in=120)
-    event = today_event(BUY, sid)
+    event = run_event(BUY, sid)
     wait_for(lambda: broker_orders(redis_conn, event.event_id) == 1, timeout=10, what="the broker to accept")
     assert redis_conn.delete(keys.runtime_lock(sid)) == 1
     slow_paper.start("worker2", "jobs.worker")
-    send(app, Event.for_run(BUY, sid, exchange_date(clock.now()), at=event.instant))  # recovery's resend, buy time kept
+    send(app, event)  # recovery's resend: the same event, its buy time kept
     held = wait_status(client, headers, sid, "in_position", timeout=30)
     assert held["position"] == 10
     wait_for(lambda: "taken over" in slow_paper.log("worker") + slow_paper.log("worker2")
@@ -199,11 +200,11 @@ def test_a_first_attempt_buy_half_an_hour_late_is_never_placed(client, slow_pape
     headers = trader(client, "late30@example.com")
     sid = started_strategy(client, headers, buy_in=3600, sell_in=7200)
     late = clock.now().replace(microsecond=0) - timedelta(minutes=30)
-    send(app, Event.for_run(BUY, sid, exchange_date(clock.now()), at=late))
+    send(app, replace(run_event(BUY, sid), timestamp=late.isoformat()))
     failed = wait_status(client, headers, sid, "failed")
     assert failed["status_reason"].startswith("missed entry") and failed["position"] == 0
     assert orders(client, headers, sid) == []
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 0
 
 
 def test_an_exit_is_sent_while_the_entry_herd_is_still_in_flight(client, slow_paper, redis_conn, app):
@@ -221,13 +222,13 @@ def test_an_exit_is_sent_while_the_entry_herd_is_still_in_flight(client, slow_pa
     herd = [api_strategy(client, headers, name=f"h{i}", buy_time=buy, sell_time=seconds_ahead(120))
             for i in range(20)]
     for sid in herd:
-        assert client.post(f"/api/v1/strategy/{sid}/start", headers=headers).status_code == 200
-    wait_for(lambda: sum(broker_orders(redis_conn, today_event(BUY, s).event_id) for s in herd) == 20,
+        start(client, headers, sid)
+    wait_for(lambda: sum(broker_orders(redis_conn, run_event(BUY, s).event_id) for s in herd) == 20,
              timeout=15, what="the herd at the broker")
     breach = time.monotonic()
     redis_conn.set(keys.last_price("NSE", "INFY"), "999.00")
-    send(app, today_event(STOPLOSS, held))
-    wait_for(lambda: paper_orders(redis_conn, today_event(STOPLOSS, held).event_id), timeout=10,
+    send(app, run_event(STOPLOSS, held))
+    wait_for(lambda: paper_orders(redis_conn, run_event(STOPLOSS, held).event_id), timeout=10,
              what="the exit at the broker")
     sent_in = time.monotonic() - breach
     assert [status(client, headers, s)["status"] for s in herd] == ["waiting_entry"] * 20  # still in flight
@@ -309,9 +310,9 @@ class TestKite:
         good_ids = [api_strategy(client, good, name=f"g{i}", buy_time=buy, sell_time=sell) for i in range(3)]
         bad_ids = [api_strategy(client, bad, name=f"b{i}", buy_time=buy, sell_time=sell) for i in range(3)]
         for sid in good_ids:
-            assert client.post(f"/api/v1/strategy/{sid}/start", headers=good).status_code == 200
+            start(client, good, sid)
         for sid in bad_ids:
-            assert client.post(f"/api/v1/strategy/{sid}/start", headers=bad).status_code == 200
+            start(client, bad, sid)
         fake.expire_token("otherapikey")
         for sid in good_ids:
             assert wait_status(client, good, sid, "in_position")["position"] == 10

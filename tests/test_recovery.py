@@ -134,7 +134,7 @@ def test_a_corrupt_runtime_stops_the_strategy_squares_off_and_tells_a_human(app,
 def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag(client, processes, redis_conn):
     """kill -9 between the broker's accept and the engine's records: the intent row says SENDING, the
     broker has the order. Recovery resends the event; the engine looks the tag up and records the fill."""
-    from tests.engine_helpers import broker_orders, inject_faults, today_event
+    from tests.engine_helpers import broker_orders, inject_faults, run_event
     from webapp.engine.events import BUY
 
     processes.env = {**processes.env, "RECONCILE_SECONDS": "1", "LOCK_TIMEOUT_SECONDS": "3"}
@@ -143,7 +143,7 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
     headers = trader(client, "crash@example.com")
     inject_faults(redis_conn, "slow_after_accept")  # the answer is held back 5 s after the order is booked
     sid = started_strategy(client, headers, buy_in=1, sell_in=120)
-    event_id = today_event(BUY, sid).event_id
+    event_id = run_event(BUY, sid).event_id
     wait_for(lambda: broker_orders(redis_conn, event_id) == 1, timeout=10, what="the broker to accept the BUY")
     processes.kill("worker", signal.SIGKILL)
     assert [o["status"] for o in orders(client, headers, sid)] == ["SENDING"]
@@ -160,7 +160,7 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
 def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(client, processes, redis_conn):
     """The broker never took the first attempt and the retry would come after the grace window (here 1 s,
     the retry's pause 1.5 s): no late entry, the run fails with nothing placed."""
-    from tests.engine_helpers import broker_orders, inject_faults, today_event
+    from tests.engine_helpers import broker_orders, inject_faults, run_event
     from webapp.engine.events import BUY
 
     processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "1", "ORDER_RETRY_BACKOFF": "1.5"}
@@ -171,5 +171,5 @@ def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(c
     sid = started_strategy(client, headers, buy_in=1, sell_in=60)
     failed = wait_status(client, headers, sid, "failed", timeout=20)
     assert failed["status_reason"].startswith("missed entry") and failed["position"] == 0
-    assert broker_orders(redis_conn, today_event(BUY, sid).event_id) == 0
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 0
     assert [o["status"] for o in orders(client, headers, sid)] == ["NOT_PLACED"]

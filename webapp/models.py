@@ -106,6 +106,9 @@ class Strategy(db.Model):
     last_action: Mapped[str | None] = mapped_column(db.String(16), nullable=True)
     needs_attention: Mapped[bool] = mapped_column(default=False)
     run_date: Mapped[str | None] = mapped_column(db.String(10), nullable=True)  # IST date of the current run
+    # The current run (runs.id): every event id and order tag of a run carries it, so nothing of an earlier
+    # run can act on a later one. A plain integer, not a foreign key: runs already point at strategies.
+    run_id: Mapped[int | None] = mapped_column(nullable=True)
     # Set when the user asks to STOP, before the STOP is queued: a queue lost with Redis is resent by recovery.
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     algo_id: Mapped[str | None] = mapped_column(db.String(32), nullable=True)  # overrides KITE_ALGO_ID
@@ -116,6 +119,16 @@ class Strategy(db.Model):
     orders: Mapped[list[OrderLog]] = relationship(
         back_populates="strategy", cascade="all, delete-orphan", order_by="OrderLog.id"
     )
+
+
+class Run(db.Model):
+    """One START of a strategy: its own number for event ids and order tags, and its P&L."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    strategy_id: Mapped[int] = mapped_column(db.ForeignKey("strategies.id", ondelete="CASCADE"), index=True)
+    run_date: Mapped[str] = mapped_column(db.String(10))  # IST trading day
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class OrderLog(db.Model):

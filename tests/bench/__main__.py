@@ -60,8 +60,11 @@ def latency(events: int = 200, kinds: tuple[str, ...] = ("simple", "fork")) -> N
     from webapp import clock
     from webapp.engine.events import BUY, Event
     from webapp import redis_client
+    from sqlalchemy import select
+
     from webapp.engine import dispatch
-    from webapp.market_calendar import exchange_date
+    from webapp.extensions import db
+    from webapp.models import Strategy
 
     for kind in kinds:
         with harness.system() as sysm:
@@ -73,9 +76,10 @@ def latency(events: int = 200, kinds: tuple[str, ...] = ("simple", "fork")) -> N
             time.sleep(1.5)  # let the worker come up before the first sample
             samples = []
             with app.app_context():
+                runs = dict(db.session.execute(select(Strategy.id, Strategy.run_id).where(Strategy.id.in_(ids))).all())
                 for k, sid in enumerate(ids):
                     sent = clock.epoch()
-                    dispatch.enqueue(redis_client.current(), [Event.for_run(BUY, sid, exchange_date(clock.now()), clock.now())])
+                    dispatch.enqueue(redis_client.current(), [Event.for_run(BUY, sid, runs[sid], clock.now())])
                     # Wait for this order (the k+1th), then for its record (numbered just before it is written).
                     harness.wait_until(lambda k=k: harness.orders_placed(app) > k, 10, interval=0.005)
                     harness.wait_until(lambda s=sid: s in harness.placed_times(app, [s]), 2, interval=0.005)

@@ -213,13 +213,17 @@ def put_in_position(app, ids: list[int], entry: float) -> None:  # type: ignore[
     from webapp.engine import runtime
     from webapp.extensions import db
     from webapp.market_calendar import exchange_date
-    from webapp.models import Strategy
+    from webapp.models import Run, Strategy
 
     with app.app_context():
         today: date = exchange_date(clock.now())
-        db.session.execute(update(Strategy).where(Strategy.id.in_(ids)).values(
-            status="in_position", position=1, entry_price=Decimal(str(entry)), run_date=today.isoformat(),
-            last_action="BUY"))
+        for sid in ids:
+            run = Run(strategy_id=sid, run_date=today.isoformat())
+            db.session.add(run)
+            db.session.flush()
+            db.session.execute(update(Strategy).where(Strategy.id == sid).values(
+                status="in_position", position=1, entry_price=Decimal(str(entry)), run_date=today.isoformat(),
+                run_id=run.id, last_action="BUY"))
         db.session.commit()
         conn = redis_client.current()
         for strategy in db.session.scalars(db.select(Strategy).where(Strategy.id.in_(ids))):

@@ -254,6 +254,13 @@ SPEC = {
                      "security": SECURED,
                      "responses": {"202": _json(LIFECYCLE, "stop queued"), **_errors(401, 404, 409, 503)}},
         },
+        "/api/v1/strategy/{strategy_id}/acknowledge": {
+            "parameters": ID_PARAM,
+            "post": {"summary": "Acknowledge a flagged position left by a failed run (checked at the broker by a "
+                                "human); START is refused until then. Audited.",
+                     "security": SECURED,
+                     "responses": {"200": _json(LIFECYCLE, "acknowledged"), **_errors(401, 404, 409)}},
+        },
         "/api/v1/strategy/status/{strategy_id}": {
             "parameters": ID_PARAM,
             "get": {"summary": "Live status, position and P&L", "security": SECURED,

@@ -138,6 +138,17 @@ def strategy_stop(strategy_id: int):  # type: ignore[no-untyped-def]
     return jsonify(message=message, status=status.status_for(strategy)), 202
 
 
+@bp.post("/strategy/<int:strategy_id>/acknowledge")
+@auth_required
+def strategy_acknowledge(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(api_user(), strategy_id)
+    try:
+        message = lifecycle.acknowledge(strategy, api_user_id())
+    except lifecycle.NothingToAcknowledge as exc:
+        return json_error(409, str(exc), code=exc.code)
+    return jsonify(message=message, status=status.status_for(strategy))
+
+
 @bp.get("/strategy/status/<int:strategy_id>")
 @auth_required
 def strategy_status(strategy_id: int):  # type: ignore[no-untyped-def]

@@ -1,9 +1,10 @@
 """Events (DESIGN.md section 4): one per trigger, with an id that makes a second delivery recognisable,
-and the broker order tag derived from it."""
+and the broker order tag derived from it. Both carry the run (runs.id), not the day: a second START on the
+same day is a new run whose events nothing of the first run can match."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import datetime
 
 from webapp import clock
 
@@ -15,15 +16,15 @@ QUEUES = ("stoploss", "orders")
 _TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K", FAIL: "F"}
 
 
-def event_id(kind: str, strategy_id: int, run_date: date) -> str:
-    return f"{strategy_id}:{kind}:{run_date:%Y%m%d}"
+def event_id(kind: str, strategy_id: int, run_id: int) -> str:
+    return f"{strategy_id}:{kind}:{run_id}"
 
 
 def order_tag(event_id_: str) -> str:
-    """Kite's tag: alphanumeric, at most 20 characters. The letter between id and date keeps
+    """Kite's tag: alphanumeric, at most 20 characters. The letter between the strategy and the run keeps
     strategy 12's tags apart from strategy 1's."""
-    strategy_id, kind, day = event_id_.split(":")
-    tag = f"{strategy_id}{_TAG_CODE[kind]}{day[2:]}"
+    strategy_id, kind, run = event_id_.split(":")
+    tag = f"{strategy_id}{_TAG_CODE[kind]}{run}"
     if len(tag) > 20 or not tag.isalnum():
         raise ValueError(f"cannot derive a Kite tag from {event_id_!r}")
     return tag
@@ -39,9 +40,9 @@ class Event:
     reason: str | None = None  # FAIL: why the strategy cannot go on (e.g. "symbol unavailable")
 
     @classmethod
-    def for_run(cls, kind: str, strategy_id: int, run_date: date, at: datetime | None = None,
+    def for_run(cls, kind: str, strategy_id: int, run_id: int, at: datetime | None = None,
                 price: str | None = None, reason: str | None = None) -> Event:
-        return cls(kind, strategy_id, event_id(kind, strategy_id, run_date), (at or clock.now()).isoformat(),
+        return cls(kind, strategy_id, event_id(kind, strategy_id, run_id), (at or clock.now()).isoformat(),
                    price, reason)
 
     @classmethod
@@ -55,6 +56,10 @@ class Event:
     @property
     def instant(self) -> datetime:
         return datetime.fromisoformat(self.timestamp)
+
+    @property
+    def run_id(self) -> int:
+        return int(self.event_id.rsplit(":", 1)[1])
 
     @property
     def tag(self) -> str:

@@ -182,6 +182,9 @@ def _verdict(event: Event, strategy: Strategy | None, rows: list[OrderLog]) -> s
     if _done(event, rows):
         log.info("duplicate event dropped", extra=_ids(event, strategy))
         return "dropped: duplicate"
+    if event.run_id != strategy.run_id:
+        log.warning("an earlier run's event dropped", extra=_ids(event, strategy, run_id=strategy.run_id))
+        return "dropped: not the strategy's current run"
     if not event_may_act(event.event, strategy.status):
         log.info("event dropped by the state machine", extra=_ids(event, strategy, status=strategy.status))
         return f"dropped: {event.event} does not act in {strategy.status}"

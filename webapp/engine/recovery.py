@@ -69,7 +69,8 @@ def reconcile() -> Report:
     report = Report()
     conn = redis_client.current()
     running = list(db.session.scalars(select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]),
-                                                             Strategy.run_date.is_not(None))))
+                                                             Strategy.run_date.is_not(None),
+                                                             Strategy.run_id.is_not(None))))
     halted_users = {s.user_id for s in active_kill_switches()}  # None in it: a global switch
     now = clock.now()
     snapshots = _snapshots(conn, running)
@@ -121,7 +122,7 @@ def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type
 
 def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> list[Action]:
     """What recovery must do for this strategy now: the rules, in one place."""
-    run = date.fromisoformat(strategy.run_date)
+    day, run = date.fromisoformat(strategy.run_date), strategy.run_id
     if halted:
         # Running under an engaged kill switch (a START that raced the switch): stop it now.
         return [("kill", Event.for_run(KILL, strategy.id, run))]
@@ -132,13 +133,13 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         problem = corruption(strategy, snap.has_static, snap.fields)
         if problem:
             return [("corrupt", problem, snap.fields)]
-    today = f":{run:%Y%m%d}"
+    this_run = f":{run}"
     for event_id, attempts in snap.attempts.items():
-        if event_id.endswith(today) and not any(row.status in RESOLVED for row in attempts) \
+        if event_id.endswith(this_run) and not any(row.status in RESOLVED for row in attempts) \
                 and event_may_act(attempts[0].event, strategy.status):
             # Attempted, never answered: its worker died. The engine looks the tag up before placing again.
             # A BUY keeps its buy time, so the engine will not enter late if the order is not found.
-            at = instant(run, parse_time(strategy.buy_time)) if attempts[0].event == BUY else None
+            at = instant(day, parse_time(strategy.buy_time)) if attempts[0].event == BUY else None
             actions.append(("send", Event.for_run(attempts[0].event, strategy.id, run, at), "resumed"))
     if strategy.stop_requested_at is not None and \
             (now - strategy.stop_requested_at).total_seconds() >= current_app.config["RECONCILE_SECONDS"]:
@@ -147,9 +148,9 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         if stop.event_id not in snap.attempts:
             return actions + [("send", stop, "resumed")]
     grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
-    wanted = [(SELL, instant(run, parse_time(strategy.sell_time)))]
+    wanted = [(SELL, instant(day, parse_time(strategy.sell_time)))]
     if strategy.status == Status.WAITING_ENTRY:
-        wanted.insert(0, (BUY, instant(run, parse_time(strategy.buy_time))))
+        wanted.insert(0, (BUY, instant(day, parse_time(strategy.buy_time))))
     for kind, at in wanted:
         event = Event.for_run(kind, strategy.id, run, at)
         if kind in snap.registered or event.event_id in snap.attempts:
@@ -222,5 +223,5 @@ def _stop_corrupt(conn, strategy: Strategy, problem: str, fields: dict[str, str]
     # The database's view goes back into Redis first, so the listener guards the real position until the
     # STOP has squared it off.
     runtime.activate(conn, strategy)
-    dispatch.enqueue(conn, [Event.for_run(STOP, strategy.id, date.fromisoformat(strategy.run_date), reason=reason)])
+    dispatch.enqueue(conn, [Event.for_run(STOP, strategy.id, strategy.run_id, reason=reason)])
     live.notify([strategy])

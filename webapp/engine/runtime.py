@@ -41,6 +41,7 @@ def activate(conn: redis.Redis, strategy: Strategy) -> None:
         "instrument_token": strategy.instrument_token or "", "quantity": strategy.quantity,
         "buy_time": strategy.buy_time, "sell_time": strategy.sell_time, "stop_loss": str(strategy.stop_loss),
         "broker_account_id": strategy.broker_account_id or "", "run_date": strategy.run_date or "",
+        "run_id": strategy.run_id or "",
     })
     pipe.hset(keys.runtime(strategy.id), mapping=_runtime_fields(strategy))
     # Scored by stop price so the listener can find every breached strategy with one range query.

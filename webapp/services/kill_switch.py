@@ -3,7 +3,6 @@ priority queue), refuse new STARTs until released, and audit who, when, why and 
 from __future__ import annotations
 
 import logging
-from datetime import date
 
 from sqlalchemy import select
 
@@ -11,7 +10,6 @@ from webapp import clock, redis_client
 from webapp.engine import dispatch
 from webapp.engine.events import KILL, Event
 from webapp.extensions import db
-from webapp.market_calendar import exchange_date
 from webapp.models import AuditEvent, KillSwitch, Strategy, User
 from webapp.state_machine import RUNNING
 
@@ -36,8 +34,7 @@ def engage(admin: User, user_id: int | None, reason: str, confirmation: str) -> 
     if user_id is not None:
         query = query.where(Strategy.user_id == user_id)
     running = list(db.session.scalars(query))
-    events = [Event.for_run(KILL, s.id, date.fromisoformat(s.run_date) if s.run_date else exchange_date(clock.now()))
-              for s in running]
+    events = [Event.for_run(KILL, s.id, s.run_id) for s in running]
     conn = redis_client.current()
     for batch in dispatch.batches(events, dispatch.live_workers(conn)):
         dispatch.enqueue(conn, batch)

@@ -3,7 +3,6 @@ strategy to the engine on the priority queue, so squaring off runs through the o
 from __future__ import annotations
 
 import logging
-from datetime import date
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -13,15 +12,15 @@ from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
-from webapp.models import Strategy, kill_switch_for
+from webapp.models import AuditEvent, Run, Strategy, kill_switch_for
 from webapp.services import broker_accounts
 from webapp.state_machine import Status, can_transition, is_running
 
 log = logging.getLogger("services.lifecycle")
 
 
-_RUN_FIELDS = ("status", "run_date", "broker_account_id", "position", "entry_price", "exit_price", "status_reason",
-               "needs_attention", "last_action")
+_RUN_FIELDS = ("status", "run_id", "run_date", "broker_account_id", "position", "entry_price", "exit_price",
+               "status_reason", "needs_attention", "last_action")
 
 
 class StartRefused(Exception):
@@ -57,6 +56,10 @@ def _start(strategy: Strategy) -> str:
         db.session.refresh(strategy)
         if is_running(strategy.status):
             return "Already running."
+        if strategy.status == Status.FAILED and strategy.needs_attention:  # failed with money at risk
+            held = f"a position of {strategy.position}" if strategy.position else "a position that may be open"
+            raise StartRefused(f"The last run ended with {held}. Check it at your broker, then acknowledge it on "
+                               f"the strategy's page before starting again.")
         halted = kill_switch_for(strategy.user_id)
         if halted is not None:
             raise StartRefused(f"Trading is halted by the admin: {halted.reason}")
@@ -81,7 +84,11 @@ def _start(strategy: Strategy) -> str:
             raise StartRefused(f"Cannot start from {strategy.status}.")
 
         before = {f: getattr(strategy, f) for f in _RUN_FIELDS}
+        run = Run(strategy_id=strategy.id, run_date=today.isoformat())
+        db.session.add(run)
+        db.session.flush()
         strategy.status = Status.WAITING_ENTRY.value
+        strategy.run_id = run.id
         strategy.run_date = today.isoformat()
         strategy.broker_account_id = account.id
         strategy.position = 0
@@ -91,8 +98,8 @@ def _start(strategy: Strategy) -> str:
         strategy.stop_requested_at = None
         strategy.last_action = "START"
         db.session.commit()
-        triggers = [(Event.for_run(BUY, strategy.id, today, buy_at), buy_at),
-                    (Event.for_run(SELL, strategy.id, today, sell_at), sell_at)]
+        triggers = [(Event.for_run(BUY, strategy.id, run.id, buy_at), buy_at),
+                    (Event.for_run(SELL, strategy.id, run.id, sell_at), sell_at)]
         try:
             runtime.activate(conn, strategy)
             for event, at in triggers:
@@ -101,11 +108,12 @@ def _start(strategy: Strategy) -> str:
             # Never leave a strategy "running" without its triggers: undo, and say so.
             for field, value in before.items():
                 setattr(strategy, field, value)
+            db.session.delete(run)
             db.session.commit()
             raise
         if kill_switch_for(strategy.user_id) is not None:
             # The switch was engaged while this START ran: its sweep may have missed us, so stop at once.
-            dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, today)])
+            dispatch.enqueue(conn, [Event.for_run(KILL, strategy.id, run.id)])
             raise StartRefused("Trading was halted by the admin while this START ran; it has been stopped.")
     live.notify([strategy])
     log.info("strategy started", extra={"event": "START", "strategy_id": strategy.id, "user_id": strategy.user_id,
@@ -120,8 +128,7 @@ def request_stop(strategy: Strategy) -> str:
     if not is_running(strategy.status):
         raise NotRunning("This strategy is not running.")
     conn = redis_client.current()
-    run_date = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
-    event = Event.for_run(STOP, strategy.id, run_date)
+    event = Event.for_run(STOP, strategy.id, strategy.run_id)
     strategy.stop_requested_at = clock.now()  # durable first: recovery resends a STOP lost with Redis
     db.session.commit()
     # The STOP is queued before the triggers go: if queueing fails, the strategy keeps its SELL.
@@ -137,3 +144,30 @@ def request_stop(strategy: Strategy) -> str:
     if strategy.status == Status.IN_POSITION:
         return f"Stopping: selling {strategy.position} {strategy.symbol} at market first."
     return "Stopping."
+
+
+class NothingToAcknowledge(Exception):
+    code = "NOTHING_TO_ACKNOWLEDGE"
+
+
+def acknowledge(strategy: Strategy, user_id: int) -> str:
+    """A human has checked the flagged position at the broker: the flag is cleared, the position the system
+    no longer vouches for is set to 0, and both are audited. Only then may the strategy start again."""
+    db.session.refresh(strategy)
+    if is_running(strategy.status) or not strategy.needs_attention:
+        raise NothingToAcknowledge("There is nothing to acknowledge for this strategy.")
+    held = strategy.position
+    db.session.add(AuditEvent(actor_user_id=user_id, subject_user_id=strategy.user_id, strategy_id=strategy.id,
+                              action="position_acknowledged", severity="warning",
+                              detail={"position": held, "run_id": strategy.run_id,
+                                      "status_reason": strategy.status_reason}))
+    strategy.needs_attention = False
+    strategy.position = 0
+    strategy.status_reason = (f"You acknowledged the position of {held} left by the last run." if held else
+                              "You acknowledged the last run's unconfirmed order.")
+    db.session.commit()
+    live.notify([strategy])
+    log.warning("flagged position acknowledged", extra={"event": "ACK", "strategy_id": strategy.id,
+                                                        "user_id": strategy.user_id, "position": held,
+                                                        "run_id": strategy.run_id})
+    return strategy.status_reason

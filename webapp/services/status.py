@@ -22,10 +22,10 @@ def _money(value: Decimal | None) -> str | None:
 
 
 def _run_rows(strategy: Strategy) -> list[OrderLog]:
-    if not strategy.run_date:
+    """The current run's orders (its P&L is the run's own)."""
+    if not strategy.run_id:
         return []
-    day = strategy.run_date.replace("-", "")
-    return [row for row in orders(strategy) if row.event_id.endswith(f":{day}")]
+    return [row for row in orders(strategy) if row.event_id.endswith(f":{strategy.run_id}")]
 
 
 def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:

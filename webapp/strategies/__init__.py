@@ -109,6 +109,16 @@ def stop(strategy_id: int):  # type: ignore[no-untyped-def]
     return _back(strategy_id)
 
 
+@bp.post("/<int:strategy_id>/acknowledge")
+def acknowledge(strategy_id: int):  # type: ignore[no-untyped-def]
+    strategy = service.get_owned(current_user, strategy_id)
+    try:
+        flash(lifecycle.acknowledge(strategy, current_user.id), "success")
+    except lifecycle.NothingToAcknowledge as exc:
+        flash(str(exc), "error")
+    return _back(strategy_id)
+
+
 @bp.route("/<int:strategy_id>/edit", methods=["GET", "POST"])
 def edit(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
