@@ -23,8 +23,11 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
         logs.configure(process_name, app.config["LOG_LEVEL"])
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     from webapp.brokers import market_protection
+    from webapp.market_calendar import parse_time
 
     app.config["MARKET_PROTECTION"] = market_protection(str(app.config["MARKET_PROTECTION"]))
+    if parse_time(str(app.config["MIS_CUTOFF"])) is None:  # every MIS order would be judged by it
+        raise ValueError(f"MIS_CUTOFF must be HH:MM or HH:MM:SS (IST), not {app.config['MIS_CUTOFF']!r}")
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
         # No pre-ping round trip for a file on this machine.
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {**app.config["SQLALCHEMY_ENGINE_OPTIONS"], "pool_pre_ping": False}

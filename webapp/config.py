@@ -63,6 +63,7 @@ class Config:
         self.KITE_OTHER_LIMITS = os.environ.get("KITE_OTHER_LIMITS", "10/s")
         self.KITE_TIMEOUT_SECONDS = float(os.environ.get("KITE_TIMEOUT_SECONDS", "7"))
         self.KITE_LOGIN_URL = os.environ.get("KITE_LOGIN_URL", "https://kite.zerodha.com/connect/login")
+        # An override only: the feed's session is the Kite account an admin picks on /admin (feeds/session.py).
         self.KITE_FEED_API_KEY = os.environ.get("KITE_FEED_API_KEY", "")
         self.KITE_FEED_ACCESS_TOKEN = os.environ.get("KITE_FEED_ACCESS_TOKEN", "")
         self.PAPER_SLIPPAGE_BPS = float(os.environ.get("PAPER_SLIPPAGE_BPS", "0"))
@@ -92,8 +93,24 @@ class Config:
         self.FEED_SEED = int(os.environ.get("FEED_SEED", "42"))
         self.FEED_STALE_SECONDS = float(os.environ.get("FEED_STALE_SECONDS", "10"))
         self.LISTENER_RESYNC_SECONDS = float(os.environ.get("LISTENER_RESYNC_SECONDS", "300"))
+        # A strategy still in position this long after its STOPLOSS fired (the job lost, failed or slow) is
+        # fired again with the same event id while the price stays breached; the pause doubles up to the max.
+        self.STOPLOSS_REFIRE_SECONDS = float(os.environ.get("STOPLOSS_REFIRE_SECONDS", "5"))
+        self.STOPLOSS_REFIRE_MAX_SECONDS = float(os.environ.get("STOPLOSS_REFIRE_MAX_SECONDS", "60"))
+        # Instruments held in position with no ticks (stale, or no feed at all) are priced by REST quotes this
+        # often (the shared rate limiter keeps each API key within KITE_QUOTE_LIMITS).
+        self.FEED_QUOTE_SECONDS = float(os.environ.get("FEED_QUOTE_SECONDS", "1"))
+        # How often the listener rereads the market-data account an admin picked: a morning login's new
+        # access token is used without a restart.
+        self.FEED_SESSION_CHECK_SECONDS = float(os.environ.get("FEED_SESSION_CHECK_SECONDS", "30"))
         # Recovery: how late a BUY may still run after downtime, and how often the reconciler runs.
         self.MISSED_ENTRY_GRACE_SECONDS = float(os.environ.get("MISSED_ENTRY_GRACE_SECONDS", "60"))
+        # Kite's intraday (MIS) square-off for equity (KITE.md): MIS times at or after it are refused, no MIS
+        # order is sent after it, and an MIS position still open this long before it is squared off by us.
+        self.MIS_CUTOFF = os.environ.get("MIS_CUTOFF", "15:20:00")
+        self.MIS_SQUARE_OFF_LEAD_SECONDS = float(os.environ.get("MIS_SQUARE_OFF_LEAD_SECONDS", "60"))
+        # An exit keeps trying until it is done or its market shuts; its pauses grow to this.
+        self.EXIT_RETRY_MAX_SECONDS = float(os.environ.get("EXIT_RETRY_MAX_SECONDS", "30"))
         self.RECONCILE_SECONDS = float(os.environ.get("RECONCILE_SECONDS", "30"))
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 

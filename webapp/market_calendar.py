@@ -31,6 +31,7 @@ def format_time(value: time) -> str:
 class Session:
     opens: time
     closes: time
+    mis_cutoff: bool = True  # whether the broker's intraday square-off (MIS_CUTOFF) applies
 
     def contains(self, value: time) -> bool:
         return self.opens <= value <= self.closes
@@ -42,12 +43,20 @@ class Session:
 SESSIONS = {
     "nse": Session(time(9, 15), time(15, 30)),
     # For demos and tests outside market hours: the whole day, every day.
-    "always": Session(time(0, 0), time(23, 59, 59)),
+    "always": Session(time(0, 0), time(23, 59, 59), mis_cutoff=False),
 }
 
 
 def session_for(calendar: str) -> Session:
     return SESSIONS[calendar]
+
+
+def last_order_time(product: str, calendar: str, mis_cutoff: time) -> time:
+    """The last moment of a trading day an order of this product may be sent: MIS only until the broker's
+    intraday square-off (KITE.md: equity 15:20; it refuses new MIS orders after it), anything else until
+    the close."""
+    session = session_for(calendar)
+    return min(mis_cutoff, session.closes) if product == "MIS" and session.mis_cutoff else session.closes
 
 
 @lru_cache(maxsize=1)

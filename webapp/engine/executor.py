@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from flask import Flask, current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
@@ -30,14 +30,15 @@ from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
 from webapp.engine.committer import STRATEGY_RESULT, Result, committer
 from webapp.engine.locks import Held, Locks, locks
 from webapp.engine.orders import (
-    RESOLVED,
     LockLost,
     LoginRequired,
     OrderFailed,
     OrderUnknown,
     claim,
+    event_done,
     execute,
     final_values,
+    market_shut,
     record,
     request_for,
 )
@@ -164,22 +165,12 @@ def _ids(event: Event, strategy: Strategy | None = None, **more: object) -> dict
     return {**ids, **more}
 
 
-def _done(event: Event, rows: list[OrderLog]) -> bool:
-    """The event has had its final answer. An exit whose last order filled only part is not done: the
-    rest of the position is still to be sold."""
-    resolved = [row for row in rows if row.status in RESOLVED]
-    if not resolved:
-        return False
-    last = resolved[-1]
-    return event.event == BUY or not 0 < (last.filled_quantity or 0) < last.quantity
-
-
 def _verdict(event: Event, strategy: Strategy | None, rows: list[OrderLog]) -> str | None:
     """Why this event must be dropped, or None when it may act."""
     if strategy is None:
         log.warning("event for a missing strategy dropped", extra=_ids(event))
         return "dropped: no such strategy"
-    if _done(event, rows):
+    if event_done(event.event, rows):
         log.info("duplicate event dropped", extra=_ids(event, strategy))
         return "dropped: duplicate"
     if event.run_id != strategy.run_id:
@@ -217,14 +208,15 @@ def _prepare(events: list[Event], held: dict[int, Held]) -> tuple[dict[str, str]
             continue
         log.info("event accepted", extra=_ids(event, strategy, status=strategy.status, lateness_ms=round(
             (clock.now() - event.instant).total_seconds() * 1000, 2)))
-        late = lateness.missed_entry(event, grace)
+        late = lateness.missed_entry(event, grace) or market_shut(strategy)
         if event.event == FAIL:
             outcomes[event.event_id] = _fail(strategy, event, event.reason or "failed")
         elif event.event != BUY and strategy.status != Status.IN_POSITION:
             strategy.last_action = event.event  # STOP or KILL before entry: nothing to square off
             outcomes[event.event_id] = _finish(strategy, EXIT_STATUS[event.event], _reason(event))
-        elif late and not prior[event.event_id]:
-            outcomes[event.event_id] = _fail(strategy, event, late)  # never placed, first attempt included
+        elif late and not prior[event.event_id]:  # never placed, first attempt included
+            outcomes[event.event_id] = _fail(strategy, event, late if event.event == BUY else (
+                f"exit not sent ({late}); position of {strategy.position} still open: check it at your broker"))
         elif prior[event.event_id]:
             careful.append(event)  # an earlier attempt exists: find out before acting again
             continue
@@ -270,7 +262,8 @@ def _place(work: Work) -> str:
     while True:
         request = request_for(strategy, event, *_order_for(event, strategy))
         try:
-            state, row, note = execute(_broker(strategy), strategy, event, request, work.held, _locks(), row)
+            state, row, note = execute(_broker(strategy), strategy, event, request, work.held, _locks(), row,
+                                       tell=lambda message: _tell(strategy, message))
         except LockLost as exc:
             db.session.rollback()
             log.error("lock lost: this holder stops acting", extra=_ids(event, strategy, error=str(exc)))
@@ -323,6 +316,15 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held, 
 def _committed(results: list[Result]) -> None:
     """After a group commit (the committer's thread): the group's runtime state and locks, in one round trip."""
     _publish([r.context[0] for r in results], [], release=[r.context[1] for r in results if r.context[2]])
+
+
+def _tell(strategy: Strategy, message: str) -> None:
+    """Tells the user something while this thread still acts for the strategy (it holds the lock): the
+    reason column only, committed and published."""
+    strategy.status_reason = message[:255]
+    db.session.execute(update(Strategy).where(Strategy.id == strategy.id).values(status_reason=strategy.status_reason))
+    db.session.commit()
+    _publish([strategy], [])
 
 
 def _attach(strategy: Strategy) -> None:

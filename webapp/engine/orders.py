@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import timedelta
+from typing import Callable
 
 from flask import current_app
 from redis.exceptions import RedisError
@@ -36,7 +37,7 @@ from webapp.brokers import (
 from webapp.brokers.base import FINAL_STATUSES
 from webapp.brokers.ratelimit import time_waited
 from webapp.engine import lateness
-from webapp.engine.events import Event
+from webapp.engine.events import BUY, Event
 from webapp.engine.locks import Held, Locks
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy, utcnow
@@ -66,6 +67,15 @@ class LoginRequired(OrderFailed):
 
 class LockLost(Exception):
     """This process no longer holds the strategy's lock: another holder acts for it now. Nothing is sent."""
+
+
+def event_done(kind: str, rows: list[OrderLog]) -> bool:
+    """The event has had its final answer. An exit is done only when its last order filled all it asked
+    for: one that filled part, or nothing (refused, cancelled), leaves a position still to be sold."""
+    resolved = [row for row in rows if row.status in RESOLVED]
+    if not resolved:
+        return False
+    return kind == BUY or (resolved[-1].filled_quantity or 0) >= resolved[-1].quantity
 
 
 def rows_for(event_id: str) -> list[OrderLog]:
@@ -215,12 +225,16 @@ def _settle_doubt(broker: Broker, event: Event, strategy: Strategy, row: OrderLo
 
 
 def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest, held: Held, locks: Locks,
-            fresh: OrderLog | None = None) -> tuple[OrderState, OrderLog, str | None]:
+            fresh: OrderLog | None = None, tell: Callable[[str], None] | None = None,
+            ) -> tuple[OrderState, OrderLog, str | None]:
     """The event's order, placed at most once and followed to its final state. `fresh`: an attempt row this
     holder claimed and committed, to send at once; otherwise the careful path first settles any attempt in
-    doubt. Returns the final state, its row (not yet recorded: see record()) and a note for the row. Raises OrderFailed,
-    LoginRequired, OrderUnknown, LockLost."""
+    doubt. A BUY has ORDER_ATTEMPTS; an exit keeps trying, its pauses growing to EXIT_RETRY_MAX_SECONDS, until
+    something fills or its market shuts, and `tell` is called once, after its first failed attempt, so the
+    user knows. Returns the final state, its row (not yet recorded: see record()) and a note for the row.
+    Raises OrderFailed, LoginRequired, OrderUnknown, LockLost."""
     config = current_app.config
+    is_exit = event.event != BUY
     row = fresh
     while True:
         if row is None:
@@ -231,14 +245,16 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
                     state = found if found.final else follow(broker, found.order_id, event, strategy)
                     return state, doubt, "found by tag after an unanswered attempt"
             attempts = len(rows)
-            if attempts >= config["ORDER_ATTEMPTS"]:
+            if attempts >= config["ORDER_ATTEMPTS"] and not is_exit:
                 raise OrderFailed(f"{request.side} failed after {attempts} attempts: "
                                   f"{rows[-1].error if rows else 'no attempt made'}")
             if attempts:
-                backoff = config["ORDER_RETRY_BACKOFF"]
-                time.sleep(backoff[min(attempts - 1, len(backoff) - 1)])
-            late = lateness.missed_entry(event, config["MISSED_ENTRY_GRACE_SECONDS"])  # checked last, after any pause
-            if late:
+                if is_exit and tell is not None and _failed_attempts(rows) == 1 and not rows[-1].filled_quantity:
+                    tell(f"Exit not done yet ({rows[-1].error or rows[-1].status}): trying again until it is, "
+                         f"or until the market shuts for {strategy.product}.")
+                time.sleep(retry_pause(attempts))
+            late = lateness.missed_entry(event, config["MISSED_ENTRY_GRACE_SECONDS"]) or market_shut(strategy)
+            if late:  # checked last, after any pause
                 raise OrderFailed(late)
             row = claim(strategy, event, request, attempts + 1, held)
             try:
@@ -254,9 +270,36 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
             raise LockLost(f"strategy {strategy.id}: lock lost before sending attempt {row.attempt}")
         _release_connection()
         state = _send(broker, strategy, event, request, row, held)
+        if state is not None and is_exit and state.final and not state.filled_quantity:
+            # Refused, or cancelled with nothing filled: the position is still open, so this exit is not done.
+            if not record(row, final_values(row, state), held):
+                raise LockLost(f"attempt {row.attempt} of {event.event_id} was taken over meanwhile")
+            db.session.commit()
+            log.warning("exit attempt filled nothing: trying again", extra=_ctx(event, strategy, attempt=row.attempt,
+                                                                                status=state.status,
+                                                                                error=state.message))
+            state = None
         if state is not None:
             return state, row, None
         row = None
+
+
+def retry_pause(attempts: int) -> float:
+    """The pause before attempt `attempts + 1`: ORDER_RETRY_BACKOFF, then doubling up to EXIT_RETRY_MAX_SECONDS."""
+    config = current_app.config
+    backoff = config["ORDER_RETRY_BACKOFF"]
+    if attempts <= len(backoff):
+        return backoff[attempts - 1]
+    return min(backoff[-1] * 2 ** (attempts - len(backoff)), config["EXIT_RETRY_MAX_SECONDS"])
+
+
+def _failed_attempts(rows: list[OrderLog]) -> int:
+    return sum(1 for row in rows if not row.filled_quantity)
+
+
+def market_shut(strategy: Strategy) -> str | None:
+    config = current_app.config
+    return lateness.market_shut(strategy.product, config["TRADING_CALENDAR"], config["MIS_CUTOFF"])
 
 
 def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderRequest, row: OrderLog,

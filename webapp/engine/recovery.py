@@ -9,6 +9,10 @@ database says is running, under its lock (a strategy the engine is acting on is 
   tag before anything is placed, so an order placed just before a crash is found, not doubled.
 - A STOP the user asked for (recorded in the database first) that is still not carried out a round later:
   its queued event was lost, so it is sent again.
+- A position whose last price is at or beyond its stop-loss with no STOPLOSS of this run recorded: the
+  stop-loss is fired (a breach whose event was lost with Redis, or a tick the listener never saw).
+- An MIS position still open MIS_SQUARE_OFF_LEAD_SECONDS before the MIS cut-off: squared off (its SELL is
+  sent now); after the cut-off nothing is sent, and the engine flags it for a human.
 - A trigger whose time passed while nothing was scheduled: a late BUY within the grace window still runs,
   later the run stops with "missed entry"; a late SELL runs at once, closing being the safe side.
 Runs when the scheduler starts and periodically after."""
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from flask import current_app
@@ -24,11 +28,11 @@ from sqlalchemy import select
 
 from webapp import clock, live, redis_client
 from webapp.engine import dispatch, lateness, runtime, schedule
-from webapp.engine.events import BUY, KILL, SELL, STOP, Event
-from webapp.engine.orders import RESOLVED
+from webapp.engine.events import BUY, KILL, SELL, STOP, STOPLOSS, Event
+from webapp.engine.orders import event_done
 from webapp.extensions import db
-from webapp.keys import runtime as runtime_key, runtime_lock, strategy as strategy_key
-from webapp.market_calendar import instant, parse_time
+from webapp.keys import last_price as last_price_key, runtime as runtime_key, runtime_lock, strategy as strategy_key
+from webapp.market_calendar import exchange_date, format_time, instant, last_order_time, parse_time
 from webapp.models import AuditEvent, OrderLog, Strategy, active_kill_switches
 from webapp.state_machine import RUNNING, Status, event_may_act
 
@@ -43,10 +47,13 @@ class Report:
     missed: list[int] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     corrupt: list[int] = field(default_factory=list)
+    stops_fired: list[str] = field(default_factory=list)
+    squared_off: list[str] = field(default_factory=list)
     busy: list[int] = field(default_factory=list)
 
     def acted(self) -> bool:
-        return bool(self.rebuilt or self.rescheduled or self.sent_now or self.missed or self.resumed or self.corrupt)
+        return bool(self.rebuilt or self.rescheduled or self.sent_now or self.missed or self.resumed or self.corrupt
+                    or self.stops_fired or self.squared_off)
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Snapshot:
     fields: dict[str, str]
     registered: set[str]  # trigger kinds still registered with the scheduler
     attempts: dict[str, list[OrderLog]]  # this strategy's order-log rows by event id
+    last_price: Decimal | None = None  # the symbol's last tick the listener stored
 
 
 Action = tuple  # ("kill", event) ("rebuild",) ("corrupt", problem, fields) ("send", event, report list)
@@ -93,7 +101,8 @@ def reconcile() -> Report:
         log.warning("recovery acted", extra={"event": "recovery", "rebuilt": report.rebuilt,
                                              "rescheduled": report.rescheduled, "sent_now": report.sent_now,
                                              "missed_entry": report.missed, "resumed": report.resumed,
-                                             "corrupt": report.corrupt})
+                                             "corrupt": report.corrupt, "stops_fired": report.stops_fired,
+                                             "squared_off": report.squared_off})
     return report
 
 
@@ -104,6 +113,7 @@ def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type
         pipe.hgetall(runtime_key(strategy.id))
         for kind in (BUY, SELL):
             schedule.scheduled_at(pipe, strategy.id, kind)
+        pipe.get(last_price_key(strategy.exchange, strategy.symbol))
     replies = pipe.execute()
     rows: dict[int, dict[str, list[OrderLog]]] = {s.id: {} for s in strategies}
     ids = list(rows)
@@ -113,10 +123,11 @@ def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type
             rows[row.strategy_id].setdefault(row.event_id, []).append(row)
     snapshots = {}
     for n, strategy in enumerate(strategies):
-        has_static, fields, buy_at, sell_at = replies[4 * n:4 * n + 4]
+        has_static, fields, buy_at, sell_at, tick = replies[5 * n:5 * n + 5]
         snapshots[strategy.id] = Snapshot(
             bool(has_static), {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
-            {kind for kind, at in ((BUY, buy_at), (SELL, sell_at)) if at is not None}, rows[strategy.id])
+            {kind for kind, at in ((BUY, buy_at), (SELL, sell_at)) if at is not None}, rows[strategy.id],
+            _decimal(tick))
     return snapshots
 
 
@@ -135,7 +146,7 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
             return [("corrupt", problem, snap.fields)]
     this_run = f":{run}"
     for event_id, attempts in snap.attempts.items():
-        if event_id.endswith(this_run) and not any(row.status in RESOLVED for row in attempts) \
+        if event_id.endswith(this_run) and not event_done(attempts[0].event, attempts) \
                 and event_may_act(attempts[0].event, strategy.status):
             # Attempted, never answered: its worker died. The engine looks the tag up before placing again.
             # A BUY keeps its buy time, so the engine will not enter late if the order is not found.
@@ -147,6 +158,8 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         stop = Event.for_run(STOP, strategy.id, run)
         if stop.event_id not in snap.attempts:
             return actions + [("send", stop, "resumed")]
+    if strategy.status == Status.IN_POSITION:
+        actions += _exits_due(strategy, snap, now, run)
     grace = current_app.config["MISSED_ENTRY_GRACE_SECONDS"]
     wanted = [(SELL, instant(day, parse_time(strategy.sell_time)))]
     if strategy.status == Status.WAITING_ENTRY:
@@ -165,6 +178,33 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
             actions.append(("missed", Event.for_run(STOP, strategy.id, run, reason=(
                 f"missed entry: the system was down at the buy time {strategy.buy_time} IST"))))
     return actions
+
+
+def _exits_due(strategy: Strategy, snap: Snapshot, now: datetime, run: int) -> list[Action]:
+    """A breached stop with no STOPLOSS of this run recorded, and an MIS position the cut-off is about to
+    catch: exits that must go now. An event already attempted is the engine's (resumed above if unfinished)."""
+    breached = snap.last_price is not None and snap.last_price <= strategy.stop_loss
+    stoploss = Event.for_run(STOPLOSS, strategy.id, run, price=str(snap.last_price))
+    if breached and stoploss.event_id not in snap.attempts:
+        log.warning("stop-loss breached with no exit recorded: firing", extra={
+            "event": STOPLOSS, "strategy_id": strategy.id, "event_id": stoploss.event_id,
+            "price": str(snap.last_price), "stop": str(strategy.stop_loss)})
+        return [("send", stoploss, "stops_fired")]
+    config = current_app.config
+    cutoff = last_order_time(strategy.product, config["TRADING_CALENDAR"], parse_time(config["MIS_CUTOFF"]))
+    square_off_at = instant(exchange_date(now), cutoff) - timedelta(seconds=config["MIS_SQUARE_OFF_LEAD_SECONDS"])
+    sell = Event.for_run(SELL, strategy.id, run, reason=f"squared off before the MIS cut-off {format_time(cutoff)} IST")
+    if strategy.product == "MIS" and now >= square_off_at and not any(
+            event_id.endswith(f":{run}") for event_id, rows in snap.attempts.items() if rows[0].event != BUY):
+        return [("send", sell, "squared_off")]
+    return []
+
+
+def _decimal(raw: bytes | None) -> Decimal | None:
+    try:
+        return Decimal(raw.decode()) if raw else None
+    except (InvalidOperation, UnicodeDecodeError):
+        return None
 
 
 def _act(conn, strategy: Strategy, action: Action, report: Report) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
 from webapp.models import AuditEvent, Run, Strategy, kill_switch_for
-from webapp.services import broker_accounts
+from webapp.services import broker_accounts, strategies
 from webapp.state_machine import Status, can_transition, is_running
 
 log = logging.getLogger("services.lifecycle")
@@ -82,6 +82,10 @@ def _start(strategy: Strategy) -> str:
                                f"{next_trading_day(today, calendar):%a %d %b} before {strategy.buy_time} IST.")
         if not can_transition(strategy.status, Status.WAITING_ENTRY):
             raise StartRefused(f"Cannot start from {strategy.status}.")
+        late = strategies.mis_cutoff_problems(strategy.product, parse_time(strategy.buy_time),
+                                              parse_time(strategy.sell_time))
+        if late:  # created before the cut-off setting changed
+            raise StartRefused(" ".join(dict.fromkeys(late.values())))
 
         before = {f: getattr(strategy, f) for f in _RUN_FIELDS}
         run = Run(strategy_id=strategy.id, run_date=today.isoformat())

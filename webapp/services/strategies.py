@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from datetime import time
 from decimal import Decimal, InvalidOperation
 
 from flask import abort, current_app
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from webapp import clock, instruments, redis_client
 from webapp.brokers import BrokerError, get_broker
 from webapp.extensions import db
-from webapp.market_calendar import exchange_date, format_time, parse_time, session_for
+from webapp.market_calendar import exchange_date, format_time, last_order_time, parse_time, session_for
 from webapp.models import Strategy, User
 from webapp.services import broker_accounts
 from webapp.services.errors import ValidationFailed
@@ -136,6 +137,8 @@ def validate(data: dict, user: User | None = None) -> dict:
             clean[field] = format_time(parsed)
     if len(times) == 2 and times["buy_time"] >= times["sell_time"]:
         errors["sell_time"] = "Must be after the buy time."
+    if len(times) == 2 and "product" not in errors and "sell_time" not in errors:
+        errors.update(mis_cutoff_problems(clean["product"], times["buy_time"], times["sell_time"]))
 
     clean["stop_loss"], message = _price(data.get("stop_loss"))
     if message:
@@ -149,6 +152,23 @@ def validate(data: dict, user: User | None = None) -> dict:
     if errors:
         raise ValidationFailed(errors)
     return clean
+
+
+def mis_cutoff_problems(product: str, buy: time, sell: time) -> dict[str, str]:
+    """MIS times at or after the broker's intraday cut-off, by field: Kite squares MIS positions off itself
+    at the cut-off and refuses new MIS orders after it, so such a time could never trade as asked."""
+    config = current_app.config
+    last = last_order_time(product, config["TRADING_CALENDAR"], parse_time(config["MIS_CUTOFF"]))
+    if product != "MIS" or last >= session_for(config["TRADING_CALENDAR"]).closes:
+        return {}
+    why = (f"Intraday (MIS) positions are squared off by the broker at {format_time(last)} IST, and it refuses "
+           f"new MIS orders after that: ")
+    problems = {}
+    if buy >= last:
+        problems["buy_time"] = why + f"buy before {format_time(last)}."
+    if sell >= last:
+        problems["sell_time"] = why + f"sell before {format_time(last)}, or use CNC (delivery)."
+    return problems
 
 
 def list_for(user: User) -> list[Strategy]:

@@ -1,0 +1,153 @@
+"""Exits that keep trying, market-hours rules and recovery's stop-loss check (issue 12, parts 1–3), with real
+worker and scheduler processes against the paper exchange."""
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from tests.conftest import wait_for
+from tests.engine_helpers import (
+    broker_orders,
+    inject_faults,
+    orders,
+    run_event,
+    started_strategy,
+    status,
+    trader,
+    wait_status,
+)
+from tests.helpers import api_strategy
+from webapp import clock, keys
+from webapp.engine import runtime
+from webapp.engine.events import SELL, STOPLOSS, Event
+from webapp.extensions import db
+from webapp.market_calendar import exchange_date, instant, next_trading_day
+from webapp.models import Run, Strategy
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_exit_refused_for_seconds_is_retried_until_it_goes_once_and_the_user_is_told(client, engine, redis_conn):
+    headers = trader(client, "blip@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=3)
+    wait_status(client, headers, sid, "in_position")
+    # The SELL finds the broker unavailable for 7 tries: with the test's pauses (0.05, 0.1, then doubling)
+    # that is over 5 s of refusals.
+    inject_faults(redis_conn, *["unavailable"] * 7)
+    told = wait_for(lambda: "Exit not done yet" in (status(client, headers, sid)["status_reason"] or "")
+                    and status(client, headers, sid), what="the user told after the first failure")
+    assert told["status"] == "in_position" and told["position"] == 10
+    done = wait_status(client, headers, sid, "completed", timeout=30)
+    assert done["position"] == 0 and not done["needs_attention"]
+    sells = [o for o in orders(client, headers, sid) if o["side"] == "SELL"]
+    assert [o["status"] for o in sells] == ["ERROR"] * 7 + ["COMPLETE"]
+    assert broker_orders(redis_conn, run_event(SELL, sid).event_id) == 1
+
+
+def test_a_refused_exit_is_tried_again_not_given_up(client, engine, redis_conn):
+    headers = trader(client, "rms@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=3)
+    wait_status(client, headers, sid, "in_position")
+    inject_faults(redis_conn, "reject")
+    done = wait_status(client, headers, sid, "completed", timeout=30)
+    assert done["position"] == 0
+    sells = [(o["status"], o["filled_quantity"]) for o in orders(client, headers, sid) if o["side"] == "SELL"]
+    assert sells == [("REJECTED", 0), ("COMPLETE", 10)]
+
+
+def _held_mis(app, client, headers: dict, sell_time: str, stop: str = "1") -> int:  # type: ignore[no-untyped-def]
+    """An MIS strategy in position from a run of today (as if its BUY had filled earlier)."""
+    sid = api_strategy(client, headers, buy_time="15:00:00", sell_time=sell_time, stop_loss=stop)
+    with app.app_context():
+        strategy = db.session.get(Strategy, sid)
+        run = Run(strategy_id=sid, run_date=exchange_date(clock.now()).isoformat())
+        db.session.add(run)
+        db.session.flush()
+        strategy.status, strategy.position, strategy.entry_price = "in_position", 10, Decimal("1500")
+        strategy.run_id, strategy.run_date, strategy.last_action = run.id, run.run_date, "BUY"
+        db.session.commit()
+        from webapp import redis_client
+
+        runtime.activate(redis_client.current(), strategy)
+    return sid
+
+
+class TestMarketHours:
+    """The NSE calendar with the whole system's clock set to a trading day at 15:19:5x IST."""
+
+    @pytest.fixture
+    def app_overrides(self) -> dict:
+        return {"TRADING_CALENDAR": "nse"}
+
+    @pytest.fixture
+    def at_cutoff(self, processes, monkeypatch):  # type: ignore[no-untyped-def]
+        def run_at(hh: int, mm: int, ss: int) -> None:
+            real = datetime.now(timezone.utc)
+            day = next_trading_day(exchange_date(real), "nse")
+            offset = (instant(day, time(hh, mm, ss)) - real).total_seconds()
+            monkeypatch.setattr(clock, "OFFSET", timedelta(seconds=offset))
+            processes.env = {**processes.env, "CLOCK_OFFSET_SECONDS": str(offset), "TRADING_CALENDAR": "nse",
+                             "RECONCILE_SECONDS": "1", "MIS_SQUARE_OFF_LEAD_SECONDS": "5"}
+        return run_at
+
+    def test_mis_times_after_the_cutoff_are_refused_at_create_and_start(self, client, app, at_cutoff):
+        at_cutoff(10, 0, 0)
+        headers = trader(client, "cutoff@example.com")
+        refused = client.post("/api/v1/strategy/create", headers=headers, json={
+            "name": "late", "symbol": "INFY", "quantity": 1, "buy_time": "15:00", "sell_time": "15:25",
+            "stop_loss": 1, "product": "MIS"})
+        assert refused.status_code == 422 and "15:20" in refused.json["fields"]["sell_time"]
+        delivery = client.post("/api/v1/strategy/create", headers=headers, json={
+            "name": "cnc", "symbol": "INFY", "quantity": 1, "buy_time": "15:00", "sell_time": "15:25",
+            "stop_loss": 1, "product": "CNC"})
+        assert delivery.status_code in (200, 201)
+        sid = api_strategy(client, headers, buy_time="15:00:00", sell_time="15:10:00")
+        with app.app_context():  # as if saved before the cut-off setting changed
+            db.session.get(Strategy, sid).sell_time = "15:25:00"
+            db.session.commit()
+        start = client.post(f"/api/v1/strategy/{sid}/start", headers=headers)
+        assert start.status_code == 409 and "MIS" in start.json["message"]
+
+    def test_an_open_mis_position_is_squared_off_before_the_cutoff(self, app, client, processes, at_cutoff,
+                                                                  redis_conn):
+        at_cutoff(15, 19, 50)
+        headers = trader(client, "squareoff@example.com")
+        sid = _held_mis(app, client, headers, sell_time="15:19:59")
+        processes.start("worker", "jobs.worker")
+        processes.start("scheduler", "jobs.scheduler")
+        done = wait_status(client, headers, sid, "completed", timeout=30)
+        assert done["position"] == 0 and "squared off before the MIS cut-off 15:20:00" in done["status_reason"]
+        assert broker_orders(redis_conn, Event.for_run(SELL, sid, _run(app, sid)).event_id) == 1
+
+    def test_a_sell_missed_past_the_cutoff_is_flagged_not_sent(self, app, client, processes, at_cutoff, redis_conn):
+        at_cutoff(15, 20, 5)
+        headers = trader(client, "missed@example.com")
+        sid = _held_mis(app, client, headers, sell_time="15:19:00")
+        processes.start("worker", "jobs.worker")
+        processes.start("scheduler", "jobs.scheduler")
+        failed = wait_status(client, headers, sid, "failed", timeout=30)
+        assert failed["needs_attention"] and "cut-off" in failed["status_reason"] and failed["position"] == 10
+        assert broker_orders(redis_conn, Event.for_run(SELL, sid, _run(app, sid)).event_id) == 0
+        assert orders(client, headers, sid) == []
+
+
+def test_recovery_fires_a_breached_stop_the_listener_never_sent(app, client, processes, redis_conn):
+    """No listener at all: the last price is below the stop, and no STOPLOSS of this run is recorded."""
+    processes.env = {**processes.env, "RECONCILE_SECONDS": "1"}
+    headers = trader(client, "nolistener@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=120, stop_loss="1400")
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    wait_status(client, headers, sid, "in_position")
+    redis_conn.set(keys.last_price("NSE", "INFY"), "1390.00")
+    stopped = wait_status(client, headers, sid, "stopped_loss", timeout=20)
+    assert stopped["position"] == 0
+    assert broker_orders(redis_conn, run_event(STOPLOSS, sid).event_id) == 1
+    assert "stop-loss breached with no exit recorded" in processes.log("scheduler")
+
+
+def _run(app, sid: int) -> int:  # type: ignore[no-untyped-def]
+    with app.app_context():
+        return db.session.get(Strategy, sid).run_id
