@@ -27,8 +27,9 @@ def user_room(user_id: int) -> str:
 
 
 def init_app(app: Flask) -> None:
-    socketio.init_app(app, message_queue=app.config["REDIS_URL"], channel=_channel(), async_mode="threading",
-                      cors_allowed_origins=[])  # same origin only
+    # cors_allowed_origins left at None: Engine.IO then refuses a handshake whose Origin is not this host
+    # (a cross-site page riding on the user's cookie). `[]` would turn that check off, not narrow it.
+    socketio.init_app(app, message_queue=app.config["REDIS_URL"], channel=_channel(), async_mode="threading")
 
     @socketio.on("connect")
     def connect(_auth: object = None) -> bool:

@@ -13,6 +13,7 @@ from webapp.models import AuditEvent, User, active_kill_switches
 from webapp.services import health, kill_switch
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
+MAX_ID = 2**31 - 1  # user ids are the database's INTEGER
 
 
 @bp.before_request
@@ -40,9 +41,8 @@ def health_json():  # type: ignore[no-untyped-def]
 
 @bp.post("/kill")
 def kill():  # type: ignore[no-untyped-def]
-    raw_user = request.form.get("user_id", "").strip()
-    user_id = int(raw_user) if raw_user.isdigit() else None
-    if raw_user and (user_id is None or db.session.get(User, user_id) is None):
+    user_id = _kill_scope(request.form.get("user_id", "").strip())
+    if user_id is not None and db.session.get(User, user_id) is None:
         flash("No such user.", "error")
         return go_to(url_for("admin.index"))
     try:
@@ -55,6 +55,17 @@ def kill():  # type: ignore[no-untyped-def]
         flash(f"Kill switch engaged for {scope}: {stopped} running strategies are being stopped and squared off.",
               "success")
     return go_to(url_for("admin.index"))
+
+
+def _kill_scope(raw: str) -> int | None:
+    """None for everyone, else a user id. Only ASCII digits within the database's INTEGER: str.isdigit()
+    also passes "²", which int() refuses, and "٣", which int() reads as 3; a larger number fails in the
+    query. Anything else is a 400, never a 500."""
+    if not raw:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+        abort(400, description="The kill switch scope must be a user number, or empty for everyone.")
+    return int(raw)
 
 
 @bp.post("/kill/<int:switch_id>/release")

@@ -34,6 +34,15 @@ def login_rate_limited(view):  # type: ignore[no-untyped-def]
     return view
 
 
+def same_site_path(target: str) -> bool:
+    """Only a path on this site may follow a login: an open redirect is a phishing aid. Browsers drop tabs
+    and newlines from a URL and read `\\` as `/`, so `/<tab>/evil.example` and `/\\evil.example` are another
+    host to them: any control character or backslash refuses the target."""
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return False
+    return not any(ord(char) < 0x20 or ord(char) == 0x7F for char in target)
+
+
 def _form_page(template: str, partial: str, status: int = 200, **context):  # type: ignore[no-untyped-def]
     return render_template(partial if is_htmx() else template, **context), status
 
@@ -69,9 +78,7 @@ def login():  # type: ignore[no-untyped-def]
         if user:
             login_user(user, remember=bool(request.form.get("remember")))
             target = request.args.get("next", "")
-            # Only same-site paths: an open redirect after login is a phishing aid.
-            safe = target.startswith("/") and not target.startswith("//") and "\\" not in target
-            return go_to(target if safe else url_for("strategies.index"))
+            return go_to(target if same_site_path(target) else url_for("strategies.index"))
         error = "Wrong email or password."
     return _form_page("auth/login.html", "auth/_login_form.html", 401 if error else 200, error=error, form=request.form)
 
