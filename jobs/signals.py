@@ -5,9 +5,10 @@ from __future__ import annotations
 import signal
 
 
-def stop_requested() -> list[bool]:
-    """A flag list that becomes truthy on SIGTERM or SIGINT; loops run `while not flag`."""
-    flag: list[bool] = []
+def stop_requested(flag: list[bool] | None = None) -> list[bool]:
+    """A flag list that becomes truthy on SIGTERM or SIGINT; loops run `while not flag`. Given the flag
+    again, it takes the signals back from a library that installed handlers of its own (RQ does)."""
+    flag = [] if flag is None else flag
 
     def request_stop(_signum: int, _frame: object) -> None:
         flag.append(True)

@@ -1,11 +1,13 @@
 """Redis goes away and comes back empty (this machine's Redis keeps nothing on disk), with real worker,
 scheduler and listener processes: every process rides it out, the web says "engine unavailable"
-instead of failing, and afterwards strategies are recovered and trade; nothing is lost or doubled."""
+instead of failing, and afterwards strategies are recovered and trade; nothing is lost or doubled. The
+worker survives Redis going away at any moment, mid-job included."""
 from __future__ import annotations
 
 import time
 
 import pytest
+from rq import Queue, Worker
 
 from jobs import redis_server
 from tests.conftest import wait_for
@@ -74,3 +76,25 @@ def test_every_process_rides_out_a_redis_outage_and_the_web_says_so(client, proc
     assert all(proc.poll() is None for proc in processes.running.values())
     assert '"event": "redis_unavailable"' in processes.log("scheduler")
     assert '"event": "redis_unavailable"' in processes.log("listener")
+
+
+def test_the_worker_survives_redis_going_away_while_it_runs_a_job(processes, redis_conn, private_redis, tmp_path):
+    """The moment that used to end the process: RQ's loop retries Redis errors only while it waits for a job,
+    so Redis vanishing during a job made it quit when the job ended, and its teardown failed too."""
+    release = tmp_path / "release"
+    worker = processes.start("worker", "jobs.worker")
+    wait_for(lambda: Worker.count(connection=redis_conn) == 1, what="the worker to register")
+    orders_queue = Queue("orders", connection=redis_conn)
+    job = orders_queue.enqueue("subprocess.call", ["sh", "-c", f"until [ -e {release} ]; do sleep 0.05; done"])
+    wait_for(lambda: job.get_status(refresh=True) == "started", what="the job to run")
+
+    redis_server.stop(private_redis["proc"])
+    release.touch()  # the job ends while Redis is away
+    wait_for(lambda: '"event": "worker_loop_restart"' in processes.log("worker"), what="the worker to restart its loop")
+    assert worker.poll() is None
+
+    private_redis["proc"] = redis_server.start(private_redis["port"], private_redis["dir"])  # back, and empty
+    wait_for(lambda: Worker.count(connection=redis_conn) == 1, timeout=30, what="the worker to register again")
+    probe = orders_queue.enqueue("os.getpid")
+    wait_for(lambda: probe.get_status(refresh=True) == "finished", timeout=30, what="a job after the outage")
+    assert probe.return_value() == worker.pid and worker.poll() is None
