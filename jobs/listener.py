@@ -4,7 +4,16 @@ back after a Redis wipe, triggers a full resync, as does a slow periodic timer, 
 keeps the feed subscribed to exactly the instruments they need, records last prices, and turns the first
 breaching tick into one STOPLOSS event on the priority queue.
 
-Ticks arrive on the feed's thread (on_ticks); everything else runs on the main thread."""
+A fired stop is not forgotten: a strategy still in position STOPLOSS_REFIRE_SECONDS later (its job lost in
+a Redis wipe, its worker killed, the job failed) is fired again with the same event id while the price is
+still at or beyond its stop, the pause doubling up to STOPLOSS_REFIRE_MAX_SECONDS. The engine keeps that to
+one exit: an exit already recorded makes a duplicate, and one in flight holds the strategy's lock.
+
+An instrument held in position with no ticks for FEED_STALE_SECONDS (or no feed at all: Kite mode with no
+market-data account) is priced by REST quotes instead (webapp/feeds/quotes.py) until ticks return.
+
+Ticks arrive on the feed's thread (on_ticks), quotes on the poller's (on_quotes); everything else runs on
+the main thread."""
 from __future__ import annotations
 
 import json
@@ -12,8 +21,9 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
+from typing import Iterable
 
 import redis
 from flask import Flask
@@ -27,6 +37,8 @@ from webapp.engine.stop_index import StopIndex
 from webapp.brokers import updates
 from webapp.brokers.kite import order_state
 from webapp.feeds import Instrument, MarketFeed, Tick, get_feed
+from webapp.feeds import session as feed_session
+from webapp.feeds.quotes import QuotePoller, Wanted
 from webapp.market_calendar import IST, exchange_date, is_trading_day, session_for
 from webapp.state_machine import RUNNING, Status
 
@@ -46,6 +58,17 @@ class Member:
     stop: float
     status: str
     run_id: int
+    account_id: int | None  # its broker account: whose session may quote it when ticks stop
+
+
+@dataclass
+class Fired:
+    """A STOPLOSS sent and not yet seen through (the strategy is still in position)."""
+    event: Event
+    key: str  # its instrument
+    stop: float
+    attempt: int  # 1: the first fire
+    due: float  # monotonic: from then on it is fired again while the price is at or beyond the stop
 
 
 class Listener:
@@ -53,16 +76,21 @@ class Listener:
         self.app = app
         self.conn = conn
         self.feed = feed
-        self.lock = threading.Lock()  # guards the index and the tick bookkeeping across the two threads
+        self.lock = threading.Lock()  # guards the index and the price bookkeeping: feed, quote and main threads
         self.index = StopIndex()
         self.members: dict[int, Member] = {}
         self.holders: Counter[str] = Counter()  # members per instrument: what the feed must be subscribed to
-        self.fired: set[str] = set()  # STOPLOSS event ids sent and not yet acted on
+        self.fired: dict[str, Fired] = {}  # by event id: STOPLOSS events sent for strategies still in position
         self.subscribed: dict[str, Instrument] = {}
         self.subscribed_at: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
+        self.prices: dict[str, float] = {}  # the last known price per instrument, from ticks or quotes
         self.pending_prices: dict[str, float] = {}
-        self.stale: set[str] = set()
+        self.ticked: set[str] = set()  # instruments the feed ticked since the last flush (quotes do not count)
+        self.stale: dict[str, str] = {}  # instrument → ISO time since when no tick has come
+        self.quoted: set[str] = set()  # stale instruments held in position: priced by quotes
+        self.session: feed_session.FeedSession | None = None  # the Kite feed's, when FEED=kite
+        self.quotes = QuotePoller(app, self.quote_wanted, self.on_quotes, lambda: self.session)
         self.sampled: dict[str, float] = {}
         self.trimmed: dict[str, float] = {}
         self.ticks = 0
@@ -72,34 +100,72 @@ class Listener:
     # --- the hot path (feed thread)
 
     def on_ticks(self, ticks: list[Tick]) -> None:
-        breaches = []
         now = time.monotonic()
         with self.lock:
             self.ticks += len(ticks)
             for tick in ticks:
                 key = tick.instrument.key
-                self.pending_prices[key] = tick.price
+                self.pending_prices[key] = self.prices[key] = tick.price
                 self.last_tick[key] = now
-                for stop, strategy_id in self.index.pop_breached(key, tick.price):
-                    breaches.append((strategy_id, tick, stop))
+                self.ticked.add(key)
+            breaches = self._breached(ticks)
         if breaches:
-            self._fire(breaches)
+            self._fire(breaches, "tick")
 
-    def _fire(self, breaches: list[tuple[int, Tick, float]]) -> None:
+    def on_quotes(self, ticks: list[Tick]) -> None:
+        """Prices from REST quotes: they check stops as ticks do, but say nothing about the feed's health.
+        One is stored only when it is news: a paper quote is read from the very key the listener writes."""
+        with self.lock:
+            for tick in ticks:
+                key = tick.instrument.key
+                if self.prices.get(key) != tick.price:
+                    self.pending_prices[key] = self.prices[key] = tick.price
+            breaches = self._breached(ticks)
+        if breaches:
+            self._fire(breaches, "quote")
+
+    def _breached(self, ticks: list[Tick]) -> list[tuple[int, Tick, float]]:
+        """Caller holds the lock."""
+        return [(strategy_id, tick, stop) for tick in ticks
+                for stop, strategy_id in self.index.pop_breached(tick.instrument.key, tick.price)]
+
+    def _catch_up(self, instruments: Iterable[Instrument]) -> None:
+        """Stops just (re)indexed that the last known price already breaches fire now, not on a next tick
+        that may be long in coming (a quiet stock, or no feed)."""
+        with self.lock:
+            breaches = self._breached([Tick(i, self.prices[i.key]) for i in instruments if i.key in self.prices])
+        if breaches:
+            self._fire(breaches, "last price")
+
+    def _fire(self, breaches: list[tuple[int, Tick, float]], source: str) -> None:
         events, prices, armed = [], {}, []
-        for strategy_id, tick, stop in breaches:
-            member = self.members.get(strategy_id)
-            if member is None:
-                continue
-            event = Event.for_run(STOPLOSS, strategy_id, member.run_id, price=f"{tick.price:.2f}")
-            events.append(event)
-            armed.append((event, tick.instrument.key, stop))
-            prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
-            self.fired.add(event.event_id)
-            log.info("stop-loss breached", extra={"event": STOPLOSS, "strategy_id": strategy_id,
-                                                  "event_id": event.event_id, "price": tick.price, "stop": stop})
-        # One MULTI/EXEC: no worker can take the STOPLOSS before the breaching price is stored, so the
-        # paper exchange fills the exit at that tick.
+        due = time.monotonic() + self._refire_pause(1)
+        with self.lock:
+            for strategy_id, tick, stop in breaches:
+                member = self.members.get(strategy_id)
+                if member is None:
+                    continue
+                event = Event.for_run(STOPLOSS, strategy_id, member.run_id, price=f"{tick.price:.2f}")
+                events.append(event)
+                armed.append((event, tick.instrument.key, stop))
+                prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
+                self.fired[event.event_id] = Fired(event, tick.instrument.key, stop, 1, due)
+        for event, key, stop in armed:
+            log.info("stop-loss breached", extra={"event": STOPLOSS, "strategy_id": event.strategy_id,
+                                                  "event_id": event.event_id, "price": float(event.price),
+                                                  "stop": stop, "source": source})
+        if not self._send(events, prices):
+            # Not sent: the stops go back in the index, so the next breaching price fires them again.
+            log.error("stop-loss not sent: redis unavailable; re-armed", extra={
+                "event": STOPLOSS, "strategy_ids": [e.strategy_id for e in events]})
+            with self.lock:
+                for event, key, stop in armed:
+                    self.fired.pop(event.event_id, None)
+                    self.index.add(key, event.strategy_id, stop)
+
+    def _send(self, events: list[Event], prices: dict[str, float]) -> bool:
+        """One MULTI/EXEC: no worker can take the STOPLOSS before the breaching price is stored, so the
+        paper exchange fills the exit at that price. False when Redis did not take it."""
         try:
             pipe = self.conn.pipeline(transaction=True)
             for batch in dispatch.batches(events, dispatch.live_workers(self.conn)):
@@ -108,13 +174,49 @@ class Listener:
                 pipe.set(key, price)
             pipe.execute()
         except REDIS_DOWN as exc:
-            # Not sent: the stops go back in the index, so the next breaching tick fires them again.
-            log.error("stop-loss not sent: redis unavailable; re-armed", extra={
-                "event": STOPLOSS, "strategy_ids": [e.strategy_id for e in events], "error": str(exc)})
-            with self.lock:
-                for event, key, stop in armed:
-                    self.fired.discard(event.event_id)
-                    self.index.add(key, event.strategy_id, stop)
+            log.error("redis unavailable", extra={"event": "listener_send_failed", "error": str(exc)})
+            return False
+        return True
+
+    def _refire_pause(self, attempt: int) -> float:
+        """The pause after fire number `attempt`: 5, 10, 20, 40, 60, 60 ... s by default."""
+        config = self.app.config
+        return min(config["STOPLOSS_REFIRE_SECONDS"] * 2 ** (attempt - 1), config["STOPLOSS_REFIRE_MAX_SECONDS"])
+
+    def _still_held(self, fired: Fired) -> bool:
+        """Caller holds the lock. The strategy is in position in the run the STOPLOSS was fired for."""
+        member = self.members.get(fired.event.strategy_id)
+        return member is not None and member.status == Status.IN_POSITION and member.run_id == fired.event.run_id
+
+    def refire_due(self) -> None:
+        """Fires again, with the same event id, every STOPLOSS whose strategy is still in position past its
+        pause while the last price is at or beyond its stop. A price back above the stop fires nothing; the
+        first price at or beyond it again does, at once."""
+        now = time.monotonic()
+        again: list[tuple[Fired, float]] = []
+        with self.lock:
+            for event_id_, fired in list(self.fired.items()):
+                if fired.due > now:
+                    continue
+                if not self._still_held(fired):
+                    del self.fired[event_id_]
+                    continue
+                price = self.prices.get(fired.key)
+                if price is None or price > fired.stop:
+                    continue
+                fired.attempt += 1
+                fired.due = now + self._refire_pause(fired.attempt)
+                again.append((replace(fired), price))
+        if not again:
+            return
+        prices = {}
+        for fired, price in again:
+            prices[keys.last_price(*fired.key.split(":", 1))] = price
+            log.warning("stop-loss fired again: still in position", extra={
+                "event": STOPLOSS, "strategy_id": fired.event.strategy_id, "event_id": fired.event.event_id,
+                "attempt": fired.attempt, "price": price, "stop": fired.stop,
+                "next_in_seconds": self._refire_pause(fired.attempt)})
+        self._send([fired.event for fired, _ in again], prices)  # not sent: its next turn tries again
 
     # --- what is running (main thread)
 
@@ -130,30 +232,36 @@ class Listener:
         members = self._load(stops)
         with self.lock:
             self.members = members
+            # A fired stop is kept only for a strategy still in position in the same run: it fires again
+            # when due. Any other (an exit recorded, a new run, keys wiped) would only block a fresh one.
+            self.fired = {eid: fired for eid, fired in self.fired.items() if self._still_held(fired)}
             self.holders = Counter(m.instrument.key for m in members.values())
             self.index = StopIndex()
             for member in members.values():
                 self._index(member)
         self.sync_subscriptions(publish=True)
+        self._catch_up({m.instrument.key: m.instrument for m in members.values()
+                        if m.status == Status.IN_POSITION}.values())
 
     def _load(self, stops: dict[int, float]) -> dict[int, Member]:
         ids = list(stops)
         pipe = self.conn.pipeline(transaction=False)
         for sid in ids:
-            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id")
+            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id", "broker_account_id")
             pipe.hget(keys.runtime(sid), "status")
         replies = pipe.execute()
         members = {}
         for n, sid in enumerate(ids):
-            (exchange, symbol, token, run), status = replies[2 * n], replies[2 * n + 1]
+            (exchange, symbol, token, run, account), status = replies[2 * n], replies[2 * n + 1]
             if not (exchange and symbol and run and status):
                 continue  # being started or stopped right now; the next message or resync settles it
             members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)), stops[sid],
-                                  status.decode(), int(run))
+                                  status.decode(), int(run), int(account) if account else None)
         return members
 
     def _index(self, member: Member) -> None:
-        """Caller holds the lock. Only a held position can be stopped out, and only once per run."""
+        """Caller holds the lock. Only a held position can be stopped out; one already fired is left to
+        refire_due, not fired again by every tick."""
         fired = event_id(STOPLOSS, member.strategy_id, member.run_id) in self.fired
         if member.status == Status.IN_POSITION and not fired:
             self.index.add(member.instrument.key, member.strategy_id, member.stop)
@@ -195,6 +303,7 @@ class Listener:
                 with self.lock:
                     member = self.members[sid] = replace(known, status=status)
                     self._index(member)
+                self._catch_up([member.instrument])
                 return
             score = self.conn.zscore(keys.symbol_strategies(message.get("symbol") or ""), sid) \
                 if message.get("symbol") else None
@@ -209,10 +318,12 @@ class Listener:
                 self._index(member)
             if member.instrument.key not in self.subscribed:
                 self.sync_subscriptions()
+            if member.status == Status.IN_POSITION:
+                self._catch_up([member.instrument])
         else:
             with self.lock:
                 member = self._forget(sid)
-                self.fired = {e for e in self.fired if not e.startswith(f"{sid}:")}
+                self.fired = {e: f for e, f in self.fired.items() if f.event.strategy_id != sid}
             if member is not None and not self.holders[member.instrument.key]:
                 self.sync_subscriptions()
 
@@ -237,9 +348,11 @@ class Listener:
             return
         if gone:
             self.feed.unsubscribe(gone)
-            for instrument in gone:
-                self.subscribed.pop(instrument.key, None)
-                self.stale.discard(instrument.key)
+            with self.lock:
+                for instrument in gone:
+                    self.subscribed.pop(instrument.key, None)
+                    self.stale.pop(instrument.key, None)
+                    self.prices.pop(instrument.key, None)  # a price from before a later resubscription means nothing
             self.conn.hdel(keys.FEED_STALE, *(i.key for i in gone))
             log.info("unsubscribed", extra={"event": "feed_unsubscribe", "instruments": [i.key for i in gone]})
         if new:
@@ -256,6 +369,8 @@ class Listener:
         pipe.delete(keys.LISTENER_SUBSCRIBED)
         if self.subscribed:
             pipe.sadd(keys.LISTENER_SUBSCRIBED, *self.subscribed)
+        if publish and self.stale:  # Redis may have been wiped: the banners must still say so
+            pipe.hset(keys.FEED_STALE, mapping=dict(self.stale))
         pipe.execute()
 
     def _symbol_unavailable(self, unknown: set[str]) -> None:
@@ -272,6 +387,7 @@ class Listener:
     def flush_prices(self) -> None:
         with self.lock:
             prices, self.pending_prices = self.pending_prices, {}
+            ticked, self.ticked = self.ticked, set()
         if not prices:
             return
         pipe = self.conn.pipeline(transaction=False)
@@ -288,45 +404,101 @@ class Listener:
                     self.trimmed[key] = now
                     pipe.ltrim(series, -CHART_MAX_POINTS, -1)
                     pipe.expire(series, 2 * 24 * 3600)
-        recovered = [key for key in prices if key in self.stale]
+        recovered = sorted(ticked & self.stale.keys())
         if recovered:
             pipe.hdel(keys.FEED_STALE, *recovered)
-            self.stale.difference_update(recovered)
+            with self.lock:
+                for key in recovered:
+                    self.stale.pop(key, None)
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
 
     def check_health(self) -> None:
-        """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS is marked
-        stale (the UI shows it), logged, and resubscribed."""
+        """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS (every one, when
+        the feed has no session) is marked stale (the UI shows it), logged, and resubscribed; stale ones held
+        in position are priced by quotes until ticks return."""
         config = self.app.config
         now_ist = clock.now().astimezone(IST)
         in_session = (is_trading_day(now_ist.date(), config["TRADING_CALENDAR"])
                       and session_for(config["TRADING_CALENDAR"]).contains(now_ist.time()))
         now = time.monotonic()
+        idle = self.feed.idle
         stale = [] if not in_session else [
             i for key, i in self.subscribed.items()
-            if now - max(self.last_tick.get(key, 0.0), self.subscribed_at.get(key, 0.0)) > config["FEED_STALE_SECONDS"]]
+            if idle or now - max(self.last_tick.get(key, 0.0), self.subscribed_at.get(key, 0.0))
+            > config["FEED_STALE_SECONDS"]]
         for instrument in stale:
             if instrument.key not in self.stale:
-                self.stale.add(instrument.key)
-                self.conn.hset(keys.FEED_STALE, instrument.key, clock.now().isoformat())
+                since = clock.now().isoformat()
+                with self.lock:
+                    self.stale[instrument.key] = since
+                self.conn.hset(keys.FEED_STALE, instrument.key, since)
                 log.warning("feed stale", extra={"event": "feed_stale", "instrument": instrument.key,
-                                                 "seconds": config["FEED_STALE_SECONDS"]})
+                                                 "seconds": config["FEED_STALE_SECONDS"], "no_feed": idle})
             self.subscribed_at[instrument.key] = now  # resubscribe, then give it the same time again
-        if stale:
+        if stale and not idle:
             self.feed.unsubscribe(stale)
             self.feed.subscribe(stale)
+        self._watch_by_quotes(idle)
         self.conn.set(keys.LISTENER_HEARTBEAT, json.dumps({
             "time": clock.now().isoformat(), "subscribed": len(self.subscribed), "strategies": len(self.members),
             "in_position": len(self.index), "ticks": self.ticks, "stale": sorted(self.stale),
-            "feed": getattr(self.feed, "health", {})}),
+            "quoted": sorted(self.quoted), "feed": getattr(self.feed, "health", {})}),
             ex=HEARTBEAT_TTL_SECONDS)
+
+    def _watch_by_quotes(self, idle: bool) -> None:
+        """Which instruments the quote poller prices: the stale ones somebody holds. Saying so is CRITICAL:
+        until a quote comes, nothing else watches those stops."""
+        if not self.stale and not self.quoted:
+            return
+        with self.lock:
+            held = {m.instrument.key for m in self.members.values() if m.status == Status.IN_POSITION}
+            quoted = held & self.stale.keys()
+            started, ended, self.quoted = quoted - self.quoted, self.quoted - quoted, quoted
+        if started:
+            reason = (f"no market feed: {getattr(self.feed, 'health', {}).get('reason')}" if idle else
+                      f"no ticks for {self.app.config['FEED_STALE_SECONDS']:g} s")
+            log.critical("stop-losses watched by REST quotes", extra={
+                "event": "feed_quotes", "instruments": sorted(started), "reason": reason})
+        if ended:
+            log.info("stop-losses no longer watched by quotes (ticks back, or no position)", extra={
+                "event": "feed_quotes_end", "instruments": sorted(ended)})
+
+    def quote_wanted(self) -> list[Wanted]:
+        """For the quote poller's thread: each quoted instrument with the accounts holding it."""
+        if not self.quoted:
+            return []
+        with self.lock:
+            accounts: dict[str, set[int]] = defaultdict(set)
+            instruments: dict[str, Instrument] = {}
+            for m in self.members.values():
+                if m.status == Status.IN_POSITION and m.instrument.key in self.quoted:
+                    instruments[m.instrument.key] = m.instrument
+                    if m.account_id is not None:
+                        accounts[m.instrument.key].add(m.account_id)
+        return [Wanted(instrument, frozenset(accounts[key])) for key, instrument in instruments.items()]
+
+    def check_feed_session(self) -> None:
+        """Rereads whose session the Kite feed uses (an admin's new pick, that user's morning login)."""
+        try:
+            with self.app.app_context():
+                session, reason = feed_session.resolve(self.app.config)
+        except Exception as exc:  # noqa: BLE001 — the database or a key being down must not stop the listener
+            log.error("market-data account not read; feed unchanged", extra={"event": "feed_session_error",
+                                                                             "error": repr(exc)})
+            return
+        self.session = session
+        self.feed.use(session, reason)
 
     def run(self, stop: list[bool]) -> None:
         # The wall-clock start, so a replayed script's ticks can be placed in time afterwards (make soak).
         log.info("feed started", extra={"event": "feed_start", "epoch": time.time()})
+        if self.app.config["FEED"] == "kite":
+            self.check_feed_session()
         self.feed.start(self.on_ticks)
+        self.quotes.start()
         keep_running("listener", lambda: self._serve(stop), stop)
+        self.quotes.stop()
         self.feed.stop()
         try:
             self.flush_prices()
@@ -339,14 +511,20 @@ class Listener:
         messages.subscribe(keys.RUNTIME_CHANNEL)
         self.resync()
         resync_every = self.app.config["LISTENER_RESYNC_SECONDS"]
+        session_every = self.app.config["FEED_SESSION_CHECK_SECONDS"]
         next_flush = next_health = time.monotonic()
         next_resync = next_flush + resync_every
         next_sequence_check = next_flush + SEQUENCE_CHECK_SECONDS
+        next_session = next_flush + session_every
         while not stop:
             message = messages.get_message(timeout=PRICE_FLUSH_SECONDS)
             if message is not None:
                 self.on_message(json.loads(message["data"]))
+            self.refire_due()
             now = time.monotonic()
+            if now >= next_session and self.app.config["FEED"] == "kite":
+                self.check_feed_session()
+                next_session = now + session_every
             if now >= next_sequence_check:
                 self.check_sequence()
                 next_sequence_check = now + SEQUENCE_CHECK_SECONDS

@@ -1,15 +1,18 @@
 """How the listener keeps its view of running strategies without rereading all of them: "runtime changed"
 messages are numbered, and a lost message (a gap, or a counter that moved with nothing arriving) or a
-Redis wipe (the counter went back) makes it rebuild. Real Redis, the listener object in this process."""
+Redis wipe (the counter went back) makes it rebuild; a fired stop is kept, and fired again while the price
+stays breached, until the strategy leaves its position. Real Redis, the listener object in this process."""
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
+from rq import Queue
 
 from jobs.listener import Listener
-from webapp import clock
+from webapp import clock, keys
 from webapp.engine import runtime
+from webapp.feeds import Instrument, Tick
 from webapp.feeds.simulated import ScriptedFeed
 from webapp.market_calendar import exchange_date
 from webapp.models import Strategy
@@ -64,3 +67,57 @@ def test_a_redis_wipe_sends_the_counter_back_and_the_view_is_rebuilt(listener, r
     redis_conn.flushdb()
     listener.check_sequence()
     assert listener.members == {} and len(listener.index) == 0
+
+
+INFY = Instrument("NSE", "INFY", 408065)
+
+
+def queued_stoplosses(redis_conn) -> list[str]:  # type: ignore[no-untyped-def]
+    return [event["event_id"] for job in Queue("stoploss", connection=redis_conn).get_jobs() for event in job.args[0]]
+
+
+def test_a_fired_stop_fires_again_with_its_id_only_while_breached_and_a_resync_keeps_it(listener, redis_conn):
+    runtime.activate(redis_conn, held(7))  # stop 1400
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1399.0)])
+    assert queued_stoplosses(redis_conn) == ["7:STOPLOSS:7"]
+    listener.resync()  # still in position: the fired stop is kept, not indexed for every tick to fire again
+    listener.on_ticks([Tick(INFY, 1390.0)])
+    listener.refire_due()  # its pause is not over
+    assert queued_stoplosses(redis_conn) == ["7:STOPLOSS:7"]
+
+    listener.fired["7:STOPLOSS:7"].due = 0.0  # the pause is over...
+    listener.on_ticks([Tick(INFY, 1450.0)])  # ...but the price is back above the stop: nothing
+    listener.refire_due()
+    assert queued_stoplosses(redis_conn) == ["7:STOPLOSS:7"]
+    listener.on_ticks([Tick(INFY, 1395.0)])
+    listener.refire_due()
+    assert queued_stoplosses(redis_conn) == ["7:STOPLOSS:7"] * 2
+    assert listener.fired["7:STOPLOSS:7"].attempt == 2
+    assert [listener._refire_pause(n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 7, "symbol": "INFY", "status": "stopped_loss"})
+    assert listener.fired == {} and len(listener.index) == 0  # the exit is recorded: nothing left to fire
+
+
+def test_a_stop_indexed_at_or_above_the_last_price_fires_without_waiting_for_a_tick(listener, redis_conn):
+    runtime.activate(redis_conn, held(7))  # stop 1400: it keeps INFY subscribed
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1420.0)])
+    runtime.activate(redis_conn, held(8, stop="1425"))  # e.g. rebuilt by recovery after a wipe, INFY quiet since
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 8, "symbol": "INFY", "status": "in_position"})
+    assert queued_stoplosses(redis_conn) == ["8:STOPLOSS:8"]
+
+
+def test_quotes_check_stops_but_do_not_make_a_stale_instrument_fresh(listener, redis_conn):
+    runtime.activate(redis_conn, held(7))
+    listener.resync()
+    listener.stale["NSE:INFY"] = "2026-11-25T04:00:00+00:00"
+    listener.on_quotes([Tick(INFY, 1410.0)])
+    listener.flush_prices()
+    assert "NSE:INFY" in listener.stale and redis_conn.get(keys.last_price("NSE", "INFY")) == b"1410.0"
+    listener.on_quotes([Tick(INFY, 1400.0)])
+    assert queued_stoplosses(redis_conn) == ["7:STOPLOSS:7"]
+    listener.on_ticks([Tick(INFY, 1401.0)])
+    listener.flush_prices()
+    assert "NSE:INFY" not in listener.stale

@@ -4,7 +4,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from flask_login import UserMixin
-from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, func, or_, select
+from sqlalchemy import DateTime, Numeric, TypeDecorator, UniqueConstraint, false, func, or_, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -72,6 +72,8 @@ class BrokerAccount(db.Model):
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Kite access tokens die at 06:00 IST the next day; past this the account needs a new login.
     access_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The one Kite account whose session the listener's ticker uses, picked by an admin (webapp/feeds/session.py).
+    market_feed: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

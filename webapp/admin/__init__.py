@@ -2,12 +2,13 @@
 area does not even announce itself."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, jsonify, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
 from webapp.api import tokens
 from webapp.extensions import csrf, db
+from webapp.feeds import session as feed_session
 from webapp.http import go_to
 from webapp.models import AuditEvent, User, active_kill_switches
 from webapp.services import health, kill_switch
@@ -31,7 +32,7 @@ def index():  # type: ignore[no-untyped-def]
     users = list(db.session.scalars(select(User).order_by(User.id)))
     audit = list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(30)))
     return render_template("admin/index.html", users=users, switches=active_kill_switches(), health=health.snapshot(),
-                           audit=audit, confirmation=kill_switch.CONFIRMATION)
+                           audit=audit, confirmation=kill_switch.CONFIRMATION, feed_accounts=feed_session.candidates())
 
 
 @bp.get("/health")
@@ -73,6 +74,22 @@ def release(switch_id: int):  # type: ignore[no-untyped-def]
     if kill_switch.release(current_user, switch_id) is None:
         abort(404)
     flash("Kill switch released: STARTs are accepted again in its scope.", "success")
+    return go_to(url_for("admin.index"))
+
+
+@bp.post("/feed-account")
+def feed_account():  # type: ignore[no-untyped-def]
+    """The Kite account whose session the market feed uses ("" for none); the listener picks it up by itself."""
+    raw = request.form.get("broker_account_id", "").strip()
+    # ASCII digits of INTEGER size only: "²" passes isdigit() but not int(), and a huge number fails in SQL.
+    account_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+    if raw and (account_id is None or feed_session.choose(current_user, account_id) is None):
+        flash("No such Kite account.", "error")
+        return go_to(url_for("admin.index"))
+    if not raw:
+        feed_session.choose(current_user, None)
+    flash("Market-data account saved: the listener switches to it within "
+          f"{current_app.config['FEED_SESSION_CHECK_SECONDS']:g} s.", "success")
     return go_to(url_for("admin.index"))
 
 

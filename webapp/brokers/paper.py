@@ -136,6 +136,26 @@ class PaperBroker:
     def last_price(self, exchange: str, symbol: str) -> Decimal:
         return self._price(exchange, symbol, self.conn.get(keys.last_price(exchange, symbol)))
 
+    def quotes(self, names: list[str]) -> dict[str, Decimal]:
+        """Kite's ltp for the paper exchange: the last price of each instrument ("NSE:INFY") it would fill at,
+        in one round trip, under the same quote limit. An instrument it does not list is left out."""
+        if self.limiter is not None:
+            try:
+                self.limiter.acquire(f"paper{self.account_id}", "quote")
+            except (TimeoutError, redis.RedisError) as exc:
+                raise BrokerUnavailable(f"rate limiter: {exc}") from exc
+        self.timing.leg()
+        pairs = [name.split(":", 1) for name in names]
+        ticks = self.conn.mget([keys.last_price(exchange, symbol) for exchange, symbol in pairs]) if pairs else []
+        self.timing.leg()
+        prices = {}
+        for name, (exchange, symbol), tick in zip(names, pairs, ticks):
+            try:
+                prices[name] = self._price(exchange, symbol, tick)
+            except OrderRejected:
+                continue
+        return prices
+
     @staticmethod
     def _price(exchange: str, symbol: str, tick: bytes | None) -> Decimal:
         if tick is not None:

@@ -12,7 +12,7 @@ __all__ = ["Instrument", "MarketFeed", "Tick", "get_feed"]
 
 def get_feed(config: dict, on_order_update: Callable[[dict], None] | None = None) -> MarketFeed:
     """FEED=simulated (seeded random walk), FEED=csv:PATH (scripted replay), FEED=kite (Kite's ticker, which
-    also pushes its account's order updates to on_order_update)."""
+    also pushes its account's order updates to on_order_update; it starts idle, without a session)."""
     name = config["FEED"]
     if name == "simulated":
         return RandomWalkFeed(config["FEED_RATE"], config["FEED_VOLATILITY"], config["FEED_SEED"])
@@ -21,6 +21,6 @@ def get_feed(config: dict, on_order_update: Callable[[dict], None] | None = None
     if name == "kite":
         from webapp.feeds.kite import KiteTickerFeed  # Twisted loads only where the Kite feed is used
 
-        return KiteTickerFeed(config["KITE_FEED_API_KEY"], config["KITE_FEED_ACCESS_TOKEN"], config["KITE_TICKER_ROOT"],
-                              on_order_update)
+        # No session yet: the listener gives it one (webapp/feeds/session.py), and again whenever it changes.
+        return KiteTickerFeed(config["KITE_TICKER_ROOT"], on_order_update)
     raise ValueError(f"unknown FEED {name!r} (expected 'simulated', 'csv:PATH' or 'kite')")

@@ -26,6 +26,8 @@ TickHandler = Callable[[list[Tick]], None]
 
 
 class MarketFeed(Protocol):
+    idle: bool  # nothing can tick (a Kite feed without a session): the listener prices held instruments by quotes
+
     def start(self, on_ticks: TickHandler) -> None:
         """Begin delivering ticks, on a thread of the feed's own; returns at once."""
 

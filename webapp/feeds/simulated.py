@@ -15,6 +15,8 @@ from webapp.feeds.base import Instrument, Tick, TickHandler
 
 
 class _Subscriptions:
+    idle = False
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.active: dict[str, Instrument] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from flask import current_app
 from rq import Queue, Worker
 from rq.registry import FailedJobRegistry
 from sqlalchemy import text
@@ -11,6 +12,7 @@ from sqlalchemy import text
 from webapp import keys, redis_client
 from webapp.engine.events import QUEUES
 from webapp.extensions import db
+from webapp.feeds import session as feed_session
 
 
 def snapshot() -> dict:
@@ -20,6 +22,9 @@ def snapshot() -> dict:
         report["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 — a health page reports every failure, whatever its type
         report["database"] = f"error: {type(exc).__name__}"
+    else:
+        # Which feed, whose session, or why there is none (Kite mode runs without one, on quotes).
+        report["feed"] = feed_session.describe(current_app.config)
     conn = redis_client.current()
     try:
         conn.ping()
