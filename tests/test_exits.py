@@ -57,9 +57,9 @@ def test_a_refused_exit_is_tried_again_not_given_up(client, engine, redis_conn):
     assert sells == [("REJECTED", 0), ("COMPLETE", 10)]
 
 
-def _held_mis(app, client, headers: dict, sell_time: str, stop: str = "1") -> int:  # type: ignore[no-untyped-def]
-    """An MIS strategy in position from a run of today (as if its BUY had filled earlier)."""
-    sid = api_strategy(client, headers, buy_time="15:00:00", sell_time=sell_time, stop_loss=stop)
+def _held(app, client, headers: dict, sell_time: str, product: str = "MIS") -> int:  # type: ignore[no-untyped-def]
+    """A strategy in position from a run of today (as if its BUY had filled earlier)."""
+    sid = api_strategy(client, headers, buy_time="15:00:00", sell_time=sell_time, product=product)
     with app.app_context():
         strategy = db.session.get(Strategy, sid)
         run = Run(strategy_id=sid, run_date=exchange_date(clock.now()).isoformat())
@@ -114,21 +114,38 @@ class TestMarketHours:
                                                                   redis_conn):
         at_cutoff(15, 19, 50)
         headers = trader(client, "squareoff@example.com")
-        sid = _held_mis(app, client, headers, sell_time="15:19:59")
+        sid = _held(app, client, headers, sell_time="15:19:59")
         processes.start("worker", "jobs.worker")
         processes.start("scheduler", "jobs.scheduler")
         done = wait_status(client, headers, sid, "completed", timeout=30)
         assert done["position"] == 0 and "squared off before the MIS cut-off 15:20:00" in done["status_reason"]
         assert broker_orders(redis_conn, Event.for_run(SELL, sid, _run(app, sid)).event_id) == 1
 
-    def test_a_sell_missed_past_the_cutoff_is_flagged_not_sent(self, app, client, processes, at_cutoff, redis_conn):
-        at_cutoff(15, 20, 5)
+    def test_an_mis_exit_still_failing_at_the_cutoff_ends_as_squared_off_by_the_broker(
+            self, app, client, processes, at_cutoff, redis_conn):
+        at_cutoff(15, 19, 50)
+        processes.env["MIS_SQUARE_OFF_LEAD_SECONDS"] = "0"
+        processes.start("worker", "jobs.worker")
+        processes.start("scheduler", "jobs.scheduler")
+        headers = trader(client, "brokersquared@example.com")
+        sid = started_strategy(client, headers, buy_in=3, sell_in=6)
+        wait_status(client, headers, sid, "in_position")
+        inject_faults(redis_conn, *["unavailable"] * 30)  # the SELL never gets through before 15:20
+        done = wait_status(client, headers, sid, "completed", timeout=40)
+        assert done["position"] == 0 and not done["needs_attention"]
+        assert "squared off by the broker at the MIS cut-off" in done["status_reason"]
+        assert broker_orders(redis_conn, run_event(SELL, sid).event_id) == 0
+        assert "position squared off by the broker" in processes.log("worker")
+
+    def test_a_sell_missed_past_the_close_is_flagged_not_sent(self, app, client, processes, at_cutoff, redis_conn):
+        at_cutoff(15, 30, 5)
         headers = trader(client, "missed@example.com")
-        sid = _held_mis(app, client, headers, sell_time="15:19:00")
+        sid = _held(app, client, headers, sell_time="15:29:00", product="CNC")
         processes.start("worker", "jobs.worker")
         processes.start("scheduler", "jobs.scheduler")
         failed = wait_status(client, headers, sid, "failed", timeout=30)
-        assert failed["needs_attention"] and "cut-off" in failed["status_reason"] and failed["position"] == 10
+        assert failed["needs_attention"] and "market closed at 15:30" in failed["status_reason"]
+        assert failed["position"] == 10
         assert broker_orders(redis_conn, Event.for_run(SELL, sid, _run(app, sid)).event_id) == 0
         assert orders(client, headers, sid) == []
 

@@ -49,6 +49,11 @@ def paper_followup_faults() -> str:
     return f"{PREFIX}paper:faults:followup"
 
 
+def paper_positions(account: str) -> str:
+    """The paper exchange's net position per "EXCHANGE:SYMBOL:PRODUCT" for one account (moved at each fill)."""
+    return f"{PREFIX}paper:positions:{account}"
+
+
 def paper_sequence() -> str:
     return f"{PREFIX}paper:seq"
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import threading
+from datetime import time
 from decimal import Decimal
 from typing import Callable
 
 from flask import current_app
 
 from webapp import redis_client
+from webapp.market_calendar import last_order_time, parse_time, session_for
 from webapp.brokers.base import (
     Broker,
     BrokerAuthFailed,
@@ -34,10 +36,10 @@ def get_broker(name: str, account_id: int = 0, credentials: Credentials | None =
         # Kite's limits apply to paper orders too, so paper trading paces a burst as live trading would.
         # One per account and setting, made once: an order thread should not pay for building it.
         key = ("paper", config["REDIS_URL"], account_id, config["PAPER_SLIPPAGE_BPS"], config["PAPER_LATENCY_MS"],
-               config["PAPER_FILL_MS"], _limits_key())
+               config["PAPER_FILL_MS"], _limits_key(), config["TRADING_CALENDAR"], config["MIS_CUTOFF"])
         return _cached(key, lambda: PaperBroker(
             redis_client.current(), account_id, Decimal(str(config["PAPER_SLIPPAGE_BPS"])),
-            Timing(config["PAPER_LATENCY_MS"], config["PAPER_FILL_MS"]), _limiter()))
+            Timing(config["PAPER_LATENCY_MS"], config["PAPER_FILL_MS"]), _limiter(), _mis_square_off()))
     if name == "kite":
         if credentials is not None:
             return _kite(credentials)
@@ -64,6 +66,15 @@ def _cached(key: tuple, make: Callable[[], Broker]) -> Broker:
 def _limits_key() -> tuple[str, ...]:
     config = current_app.config
     return (config["REDIS_URL"], config["KITE_ORDER_LIMITS"], config["KITE_QUOTE_LIMITS"], config["KITE_OTHER_LIMITS"])
+
+
+def _mis_square_off() -> time | None:
+    """When the paper exchange closes MIS positions itself: Kite's cut-off, where the calendar has one."""
+    config = current_app.config
+    calendar = config["TRADING_CALENDAR"]
+    if not session_for(calendar).mis_cutoff:
+        return None
+    return last_order_time("MIS", calendar, parse_time(config["MIS_CUTOFF"]))
 
 
 def _limiter() -> RateLimiter:

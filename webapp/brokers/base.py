@@ -102,3 +102,12 @@ class Broker(Protocol):
         """Today's orders carrying this tag: how a timed-out placement is found."""
 
     def last_price(self, exchange: str, symbol: str) -> Decimal: ...
+
+    def quotes(self, names: list[str]) -> dict[str, Decimal]:
+        """Last prices of instruments named "EXCHANGE:SYMBOL" (Kite's ltp), under the quote limit; an
+        instrument the broker does not price is left out."""
+
+    def net_quantity(self, exchange: str, symbol: str, product: str) -> int:
+        """The account's net position in this instrument and product today, as the broker holds it (a
+        follow-up call: a failure is BrokerUnavailable). How a position the broker squared off itself, at
+        the MIS cut-off, is known to be closed."""

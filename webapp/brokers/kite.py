@@ -124,6 +124,12 @@ class KiteBroker:
         return prices
 
 
+    def net_quantity(self, exchange: str, symbol: str, product: str) -> int:
+        net = self._call("other", lambda: self.client.positions())["net"]
+        return sum(int(p["quantity"]) for p in net
+                   if (p["exchange"], p["tradingsymbol"], p["product"]) == (exchange, symbol, product))
+
+
 def _tags(order: dict) -> list[str]:
     tags = order.get("tags") or []
     return [*tags, order["tag"]] if order.get("tag") else list(tags)

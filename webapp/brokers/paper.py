@@ -14,12 +14,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from datetime import time as dt_time
 from decimal import Decimal
 
 import redis
 from redis.client import Pipeline
 
 from webapp import clock, instruments, keys, process_local, redis_client
+from webapp.market_calendar import IST
 from webapp.brokers import updates
 from webapp.brokers.ratelimit import RateLimiter
 from webapp.brokers.base import (
@@ -86,8 +88,9 @@ redis.call('EXPIRE', ARGV[7], tonumber(ARGV[2]))
 return {fault, order_id, status}
 """
 
-# Settles an order whose fill time has come, atomically and idempotently, and plays a follow-up fault.
-# KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call. Returns {fault or false,
+# Settles an order whose fill time has come, atomically and idempotently, moves the account's net position
+# by what filled, and plays a follow-up fault. KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a
+# follow-up call, the positions key without its account id. Returns {fault or false,
 # [status, tag, filled_quantity, arrival_price, message, side, slippage]} (only what an OrderState needs:
 # replies are parsed in Python, and the whole hash is three times as long).
 _SETTLE = """
@@ -96,6 +99,11 @@ if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
 if redis.call('HGET', KEYS[1], 'status') == 'OPEN' and tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'fill_at')) then
   local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
   redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
+  local o = redis.call('HMGET', KEYS[1], 'side', 'exchange', 'symbol', 'product', 'account_id')
+  local filled = tonumber(planned[2])
+  if filled > 0 then
+    redis.call('HINCRBY', ARGV[3] .. o[5], o[2] .. ':' .. o[3] .. ':' .. o[4], o[1] == 'BUY' and filled or -filled)
+  end
 end
 return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'arrival_price', 'message', 'side',
   'slippage')}
@@ -117,12 +125,16 @@ class PaperBroker:
     name = "paper"
 
     def __init__(self, conn: redis.Redis | None = None, account_id: int = 0, slippage_bps: Decimal = Decimal(0),
-                 timing: Timing = Timing(), limiter: RateLimiter | None = None) -> None:
+                 timing: Timing = Timing(), limiter: RateLimiter | None = None,
+                 mis_square_off: dt_time | None = None) -> None:
+        """mis_square_off: the IST time at which the exchange closes every MIS position itself, as Kite does
+        at its intraday cut-off (None: never)."""
         self.conn = conn
         self.account_id = account_id
         self.slippage = slippage_bps / Decimal(10000)
         self.timing = timing
         self.limiter = limiter
+        self.mis_square_off = mis_square_off
 
     def validate_credentials(self, credentials: Credentials) -> None:
         bad = [
@@ -132,6 +144,16 @@ class PaperBroker:
         ]
         if bad:
             raise BrokerAuthFailed("; ".join(bad))
+
+    def net_quantity(self, exchange: str, symbol: str, product: str) -> int:
+        self.timing.leg()
+        key, field = keys.paper_positions(str(self.account_id)), f"{exchange}:{symbol}:{product}"
+        if product == "MIS" and self.mis_square_off is not None and \
+                clock.now().astimezone(IST).time() >= self.mis_square_off:
+            self.conn.hdel(key, field)  # squared off by the exchange at the cut-off
+        held = self.conn.hget(key, field)
+        self.timing.leg()
+        return int(held or 0)
 
     def last_price(self, exchange: str, symbol: str) -> Decimal:
         return self._price(exchange, symbol, self.conn.get(keys.last_price(exchange, symbol)))
@@ -228,7 +250,7 @@ def settle(conn: redis.Redis, order_id: str, followup: bool = False) -> OrderSta
 def _settle_call(conn: redis.Redis, order_id: str, followup: bool, client: redis.Redis | Pipeline) -> list:
     return redis_client.script(conn, _SETTLE)(
         keys=[keys.paper_order(order_id), keys.paper_followup_faults()],
-        args=[int(clock.epoch() * 1000), "1" if followup else "0"], client=client)
+        args=[int(clock.epoch() * 1000), "1" if followup else "0", keys.paper_positions("")], client=client)
 
 
 def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> OrderState:

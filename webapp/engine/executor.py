@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
 from webapp import clock, live, redis_client
-from webapp.brokers import Broker, BrokerAuthFailed, OrderState, get_broker
+from webapp.brokers import Broker, BrokerAuthFailed, BrokerError, OrderState, get_broker
 from webapp.engine import lateness, runtime, schedule
 from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
 from webapp.engine.committer import STRATEGY_RESULT, Result, committer
@@ -32,6 +32,7 @@ from webapp.engine.locks import Held, Locks, locks
 from webapp.engine.orders import (
     LockLost,
     LoginRequired,
+    MarketShut,
     OrderFailed,
     OrderUnknown,
     claim,
@@ -215,8 +216,8 @@ def _prepare(events: list[Event], held: dict[int, Held]) -> tuple[dict[str, str]
             strategy.last_action = event.event  # STOP or KILL before entry: nothing to square off
             outcomes[event.event_id] = _finish(strategy, EXIT_STATUS[event.event], _reason(event))
         elif late and not prior[event.event_id]:  # never placed, first attempt included
-            outcomes[event.event_id] = _fail(strategy, event, late if event.event == BUY else (
-                f"exit not sent ({late}); position of {strategy.position} still open: check it at your broker"))
+            outcomes[event.event_id] = _fail(strategy, event, late) if event.event == BUY else \
+                _exit_too_late(strategy, event, late)
         elif prior[event.event_id]:
             careful.append(event)  # an earlier attempt exists: find out before acting again
             continue
@@ -270,6 +271,8 @@ def _place(work: Work) -> str:
             return "dropped: lock lost"
         except BrokerAuthFailed as exc:  # no usable session stored for this account
             outcome = _failed(strategy, event, LoginRequired(str(exc)))
+        except MarketShut as exc:
+            outcome = _failed(strategy, event, exc) if event.event == BUY else _exit_too_late(strategy, event, str(exc))
         except (OrderFailed, OrderUnknown) as exc:
             outcome = _failed(strategy, event, exc)
         except Exception as exc:  # noqa: BLE001 — an intent row exists: the order may be at the broker
@@ -316,6 +319,26 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held, 
 def _committed(results: list[Result]) -> None:
     """After a group commit (the committer's thread): the group's runtime state and locks, in one round trip."""
     _publish([r.context[0] for r in results], [], release=[r.context[1] for r in results if r.context[2]])
+
+
+def _exit_too_late(strategy: Strategy, event: Event, late: str) -> str:
+    """An exit its market no longer takes. Past the MIS cut-off the broker squares MIS positions off itself:
+    when its positions say this one is closed, the run ends as squared off by the broker. Anything else
+    (the broker cannot say, or the position is still there) is money at risk, flagged for a human."""
+    if strategy.product == "MIS" and strategy.broker_account_id is not None:
+        try:
+            held = _broker(strategy).net_quantity(strategy.exchange, strategy.symbol, strategy.product)
+        except BrokerError as exc:
+            log.warning("broker positions unavailable", extra=_ids(event, strategy, error=str(exc)))
+            held = None
+        if held == 0:
+            log.warning("position squared off by the broker at the MIS cut-off", extra=_ids(
+                event, strategy, position=strategy.position))
+            strategy.position, strategy.last_action = 0, event.event
+            return _finish(strategy, EXIT_STATUS[event.event], "squared off by the broker at the MIS cut-off "
+                                                               "(its positions show none left)")
+    return _fail(strategy, event, f"exit not sent ({late}); position of {strategy.position} still open: "
+                                  f"check it at your broker")
 
 
 def _tell(strategy: Strategy, message: str) -> None:

@@ -56,6 +56,10 @@ class OrderFailed(Exception):
     """The broker could not take the order after every attempt; nothing was placed."""
 
 
+class MarketShut(OrderFailed):
+    """The order's market no longer takes it (closed, or past the MIS cut-off): nothing was sent."""
+
+
 class OrderUnknown(Exception):
     """We cannot tell whether the broker has the order, or how much of it filled. Never guess: stop and tell
     a human."""
@@ -253,9 +257,12 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
                     tell(f"Exit not done yet ({rows[-1].error or rows[-1].status}): trying again until it is, "
                          f"or until the market shuts for {strategy.product}.")
                 time.sleep(retry_pause(attempts))
-            late = lateness.missed_entry(event, config["MISSED_ENTRY_GRACE_SECONDS"]) or market_shut(strategy)
+            late = lateness.missed_entry(event, config["MISSED_ENTRY_GRACE_SECONDS"])
             if late:  # checked last, after any pause
                 raise OrderFailed(late)
+            shut = market_shut(strategy)
+            if shut:
+                raise MarketShut(shut)
             row = claim(strategy, event, request, attempts + 1, held)
             try:
                 db.session.commit()

@@ -19,6 +19,7 @@ Runs when the scheduler starts and periodically after."""
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -200,6 +201,17 @@ def _exits_due(strategy: Strategy, snap: Snapshot, now: datetime, run: int) -> l
     return []
 
 
+_fired_at: dict[str, float] = {}  # breached stops this process fired, by event id: not one per round
+
+
+def _fire_due(event_id: str) -> bool:
+    now = time.monotonic()
+    if now - _fired_at.get(event_id, float("-inf")) < current_app.config["STOPLOSS_REFIRE_MAX_SECONDS"]:
+        return False
+    _fired_at[event_id] = now
+    return True
+
+
 def _decimal(raw: bytes | None) -> Decimal | None:
     try:
         return Decimal(raw.decode()) if raw else None
@@ -219,6 +231,8 @@ def _act(conn, strategy: Strategy, action: Action, report: Report) -> None:  # t
         schedule.register(conn, action[1], action[2])
         report.rescheduled.append(action[1].event_id)
     else:  # kill, send, missed: an event for the engine
+        if kind == "send" and action[2] == "stops_fired" and not _fire_due(action[1].event_id):
+            return  # fired lately: the engine has it, or the listener fires it again while still breached
         dispatch.enqueue(conn, [action[1]])
         if kind == "missed":
             report.missed.append(strategy.id)
