@@ -168,3 +168,16 @@ def test_recovery_fires_a_breached_stop_the_listener_never_sent(app, client, pro
 def _run(app, sid: int) -> int:  # type: ignore[no-untyped-def]
     with app.app_context():
         return db.session.get(Strategy, sid).run_id
+
+
+def test_recovery_rebuilds_a_strategy_hash_without_its_run(app, client, processes, redis_conn):
+    """A strategy started before runs existed has no run id in Redis, so the listener could not name its
+    STOPLOSS: recovery writes it back from the database."""
+    processes.env = {**processes.env, "RECONCILE_SECONDS": "1"}
+    headers = trader(client, "prerun@example.com")
+    sid = started_strategy(client, headers, buy_in=600, sell_in=1200)
+    assert redis_conn.hdel(keys.strategy(sid), "run_id") == 1
+    processes.start("scheduler", "jobs.scheduler")
+    wait_for(lambda: redis_conn.hget(keys.strategy(sid), "run_id") == str(_run(app, sid)).encode(),
+             what="the run id written back")
+    assert '"rebuilt": [' in processes.log("scheduler")

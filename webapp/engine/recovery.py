@@ -65,6 +65,7 @@ class Snapshot:
     registered: set[str]  # trigger kinds still registered with the scheduler
     attempts: dict[str, list[OrderLog]]  # this strategy's order-log rows by event id
     last_price: Decimal | None = None  # the symbol's last tick the listener stored
+    static_run: str = ""  # the run id in the strategy's static hash (the listener builds event ids from it)
 
 
 Action = tuple  # ("kill", event) ("rebuild",) ("corrupt", problem, fields) ("send", event, report list)
@@ -115,6 +116,7 @@ def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type
         for kind in (BUY, SELL):
             schedule.scheduled_at(pipe, strategy.id, kind)
         pipe.get(last_price_key(strategy.exchange, strategy.symbol))
+        pipe.hget(strategy_key(strategy.id), "run_id")
     replies = pipe.execute()
     rows: dict[int, dict[str, list[OrderLog]]] = {s.id: {} for s in strategies}
     ids = list(rows)
@@ -124,11 +126,11 @@ def _snapshots(conn, strategies: list[Strategy]) -> dict[int, Snapshot]:  # type
             rows[row.strategy_id].setdefault(row.event_id, []).append(row)
     snapshots = {}
     for n, strategy in enumerate(strategies):
-        has_static, fields, buy_at, sell_at, tick = replies[5 * n:5 * n + 5]
+        has_static, fields, buy_at, sell_at, tick, static_run = replies[6 * n:6 * n + 6]
         snapshots[strategy.id] = Snapshot(
             bool(has_static), {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()},
             {kind for kind, at in ((BUY, buy_at), (SELL, sell_at)) if at is not None}, rows[strategy.id],
-            _decimal(tick))
+            _decimal(tick), static_run.decode(errors="replace") if static_run else "")
     return snapshots
 
 
@@ -145,6 +147,10 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         problem = corruption(strategy, snap.has_static, snap.fields)
         if problem:
             return [("corrupt", problem, snap.fields)]
+        if snap.static_run != str(run):
+            # Written before runs existed (or by an earlier run): the listener cannot name this run's
+            # STOPLOSS from it, so it would not watch the stop. Rebuilt from the database.
+            actions.append(("rebuild",))
     this_run = f":{run}"
     for event_id, attempts in snap.attempts.items():
         if event_id.endswith(this_run) and not event_done(attempts[0].event, attempts) \
