@@ -58,15 +58,21 @@ def kill():  # type: ignore[no-untyped-def]
     return go_to(url_for("admin.index"))
 
 
-def _kill_scope(raw: str) -> int | None:
-    """None for everyone, else a user id. Only ASCII digits within the database's INTEGER: str.isdigit()
+def _record_id(raw: str) -> int | None:
+    """A row id typed into a form, or None. Only ASCII digits within the database's INTEGER: str.isdigit()
     also passes "²", which int() refuses, and "٣", which int() reads as 3; a larger number fails in the
-    query. Anything else is a 400, never a 500."""
+    query."""
+    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) <= MAX_ID else None
+
+
+def _kill_scope(raw: str) -> int | None:
+    """None for everyone, else a user id; anything else is a 400, never a 500."""
     if not raw:
         return None
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_ID:
+    user_id = _record_id(raw)
+    if user_id is None:
         abort(400, description="The kill switch scope must be a user number, or empty for everyone.")
-    return int(raw)
+    return user_id
 
 
 @bp.post("/kill/<int:switch_id>/release")
@@ -81,8 +87,7 @@ def release(switch_id: int):  # type: ignore[no-untyped-def]
 def feed_account():  # type: ignore[no-untyped-def]
     """The Kite account whose session the market feed uses ("" for none); the listener picks it up by itself."""
     raw = request.form.get("broker_account_id", "").strip()
-    # ASCII digits of INTEGER size only: "²" passes isdigit() but not int(), and a huge number fails in SQL.
-    account_id = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 9 else None
+    account_id = _record_id(raw)
     if raw and (account_id is None or feed_session.choose(current_user, account_id) is None):
         flash("No such Kite account.", "error")
         return go_to(url_for("admin.index"))
