@@ -42,6 +42,9 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(db.String(255))
     is_admin: Mapped[bool] = mapped_column(default=False)
     disabled: Mapped[bool] = mapped_column(default=False)
+    # Risk limits over all the user's strategies (webapp/services/risk.py); None: no limit.
+    daily_loss_limit: Mapped[Decimal | None] = mapped_column(Money, nullable=True)  # rupees, positive
+    max_open_positions: Mapped[int | None] = mapped_column(nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     broker_accounts: Mapped[list[BrokerAccount]] = relationship(back_populates="user", cascade="all, delete-orphan")
@@ -84,7 +87,33 @@ class BrokerAccount(db.Model):
         return self.status == "login_required" or self.access_token_enc is None or expired
 
 
-class Strategy(db.Model):
+class TradeTerms:
+    """What one traded instrument is and how it is entered and exited. A strategy has one set today; the
+    options issue gives a strategy several legs carrying these same columns, each with its own exits
+    (webapp/engine/exits.py reads them from either)."""
+
+    symbol: Mapped[str] = mapped_column(db.String(40))
+    exchange: Mapped[str] = mapped_column(db.String(8))
+    instrument_token: Mapped[int | None] = mapped_column(db.BigInteger, nullable=True)
+    product: Mapped[str] = mapped_column(db.String(8), default="MIS")
+    quantity: Mapped[int] = mapped_column()
+    direction: Mapped[str] = mapped_column(db.String(5), default="long", server_default="long")  # long | short
+    # Stop-loss: an absolute price, or percent / points from the entry fill (resolved when the entry fills).
+    stop_loss_type: Mapped[str] = mapped_column(db.String(8), default="price", server_default="price")
+    stop_loss: Mapped[Decimal] = mapped_column(Money)
+    target_type: Mapped[str | None] = mapped_column(db.String(8), nullable=True)  # None: no target
+    target: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    # Trailing: for every trail_every in favour, move the stop trail_by; both (and breakeven_at) in trail_unit.
+    trail_unit: Mapped[str | None] = mapped_column(db.String(8), nullable=True)  # points | percent
+    trail_every: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    trail_by: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    breakeven_at: Mapped[Decimal | None] = mapped_column(Money, nullable=True)  # stop to cost once this in favour
+    order_type: Mapped[str] = mapped_column(db.String(8), default="MARKET", server_default="MARKET")
+    limit_buffer_pct: Mapped[Decimal | None] = mapped_column(Numeric(6, 3, asdecimal=True), nullable=True)
+    limit_wait_seconds: Mapped[int | None] = mapped_column(nullable=True)  # LIMIT unfilled this long → MARKET
+
+
+class Strategy(TradeTerms, db.Model):
     __tablename__ = "strategies"
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -92,19 +121,19 @@ class Strategy(db.Model):
         db.ForeignKey("broker_accounts.id", ondelete="SET NULL"), nullable=True
     )
     name: Mapped[str] = mapped_column(db.String(80))
-    symbol: Mapped[str] = mapped_column(db.String(40))
-    exchange: Mapped[str] = mapped_column(db.String(8))
-    instrument_token: Mapped[int | None] = mapped_column(db.BigInteger, nullable=True)
-    product: Mapped[str] = mapped_column(db.String(8), default="MIS")
-    quantity: Mapped[int] = mapped_column()
-    buy_time: Mapped[str] = mapped_column(db.String(8))  # HH:MM:SS, Asia/Kolkata
-    sell_time: Mapped[str] = mapped_column(db.String(8))
-    stop_loss: Mapped[Decimal] = mapped_column(Money)
+    buy_time: Mapped[str] = mapped_column(db.String(8))  # HH:MM:SS, Asia/Kolkata: the entry (a SELL when short)
+    sell_time: Mapped[str] = mapped_column(db.String(8))  # the exit
+    # Recurring deployment: weekdays as digits, Monday 0 ("01234": every weekday); None: one day per START.
+    weekdays: Mapped[str | None] = mapped_column(db.String(7), nullable=True)
+    deployed: Mapped[bool] = mapped_column(default=False, server_default=false())  # runs on its weekdays
     status: Mapped[str] = mapped_column(db.String(16), default=Status.CREATED.value, index=True)
     status_reason: Mapped[str | None] = mapped_column(db.String(255), nullable=True)
-    position: Mapped[int] = mapped_column(default=0)
+    position: Mapped[int] = mapped_column(default=0)  # shares held, either direction
     entry_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
     exit_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    # The current run's levels, resolved from the entry fill (a trailing stop moves on in Redis from here).
+    stop_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    target_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
     last_action: Mapped[str | None] = mapped_column(db.String(16), nullable=True)
     needs_attention: Mapped[bool] = mapped_column(default=False)
     run_date: Mapped[str | None] = mapped_column(db.String(10), nullable=True)  # IST date of the current run
@@ -131,6 +160,13 @@ class Run(db.Model):
     strategy_id: Mapped[int] = mapped_column(db.ForeignKey("strategies.id", ondelete="CASCADE"), index=True)
     run_date: Mapped[str] = mapped_column(db.String(10))  # IST trading day
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # How the run ended, written when the next run begins (until then the strategy's own columns say it), or
+    # at once for a day that never ran ("skipped": no broker session, a risk limit).
+    status: Mapped[str | None] = mapped_column(db.String(16), nullable=True)
+    reason: Mapped[str | None] = mapped_column(db.String(255), nullable=True)
+    direction: Mapped[str] = mapped_column(db.String(5), default="long", server_default="long")
+    stop_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    target_price: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
 
 
 class OrderLog(db.Model):
@@ -172,6 +208,18 @@ class AuditEvent(db.Model):
     severity: Mapped[str] = mapped_column(db.String(12), default="info")
     detail: Mapped[dict] = mapped_column(db.JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, server_default=func.now())
+
+
+class DayHalt(db.Model):
+    """A user's trading halted for the rest of one IST trading day (the daily loss limit was hit)."""
+
+    __tablename__ = "day_halts"
+    __table_args__ = (UniqueConstraint("user_id", "trading_day", name="uq_day_halts_user_day"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    trading_day: Mapped[str] = mapped_column(db.String(10))
+    reason: Mapped[str] = mapped_column(db.String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class KillSwitch(db.Model):

@@ -11,29 +11,33 @@ class Status(str, Enum):
     IN_POSITION = "in_position"
     COMPLETED = "completed"
     STOPPED_LOSS = "stopped_loss"
+    TARGET_HIT = "target_hit"
     STOPPED = "stopped"
     FAILED = "failed"
     KILLED = "killed"
 
 
 RUNNING = frozenset({Status.WAITING_ENTRY, Status.IN_POSITION})
-TERMINAL = frozenset({Status.COMPLETED, Status.STOPPED_LOSS, Status.STOPPED, Status.FAILED, Status.KILLED})
+TERMINAL = frozenset({Status.COMPLETED, Status.STOPPED_LOSS, Status.TARGET_HIT, Status.STOPPED, Status.FAILED,
+                      Status.KILLED})
 
 _TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.CREATED: frozenset({Status.WAITING_ENTRY}),
     Status.WAITING_ENTRY: frozenset({Status.IN_POSITION, Status.STOPPED, Status.FAILED, Status.KILLED}),
     Status.IN_POSITION: frozenset(
-        {Status.COMPLETED, Status.STOPPED_LOSS, Status.STOPPED, Status.FAILED, Status.KILLED}
+        {Status.COMPLETED, Status.STOPPED_LOSS, Status.TARGET_HIT, Status.STOPPED, Status.FAILED, Status.KILLED}
     ),
     # A finished run may be started again on a later day.
     **{s: frozenset({Status.WAITING_ENTRY}) for s in TERMINAL},
 }
 
-# Which status an event may act in (anything else is logged and dropped).
+# Which status an event may act in (anything else is logged and dropped). BUY and SELL name the triggers
+# at buy_time and sell_time, the entry and the exit: a short strategy's BUY event places a SELL order.
 EVENT_ACTS_IN: dict[str, frozenset[Status]] = {
     "BUY": frozenset({Status.WAITING_ENTRY}),
     "SELL": frozenset({Status.IN_POSITION}),
     "STOPLOSS": frozenset({Status.IN_POSITION}),
+    "TARGET": frozenset({Status.IN_POSITION}),
     "STOP": RUNNING,
     "KILL": RUNNING,
     "FAIL": RUNNING,  # e.g. the feed cannot subscribe the symbol: no order, the run ends as failed

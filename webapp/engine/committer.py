@@ -24,8 +24,8 @@ from webapp.models import OrderLog, Strategy
 log = logging.getLogger("engine.committer")
 
 # What the engine changes on a strategy and on an order row when an order is final.
-STRATEGY_RESULT = ("status", "position", "entry_price", "exit_price", "last_action", "status_reason",
-                   "needs_attention")
+STRATEGY_RESULT = ("status", "position", "entry_price", "exit_price", "stop_price", "target_price", "last_action",
+                   "status_reason", "needs_attention")
 # Pauses between tries of a group's transaction (a database restart, SQLite's busy timeout). Past the last,
 # each order thread fails its event as "position unknown"; its claimed row lets recovery find the order.
 RETRIES = (0.2, 1.0, 3.0, None)

@@ -8,12 +8,13 @@ from datetime import datetime
 
 from webapp import clock
 
-BUY, SELL, STOPLOSS, STOP, KILL, FAIL = "BUY", "SELL", "STOPLOSS", "STOP", "KILL", "FAIL"
+BUY, SELL, STOPLOSS, TARGET, STOP, KILL, FAIL = "BUY", "SELL", "STOPLOSS", "TARGET", "STOP", "KILL", "FAIL"
 # Exits outrank entries: every worker drains `stoploss` before `orders`.
-QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", STOP: "stoploss", KILL: "stoploss",
-             FAIL: "stoploss"}
+QUEUE_FOR = {BUY: "orders", SELL: "orders", STOPLOSS: "stoploss", TARGET: "stoploss", STOP: "stoploss",
+             KILL: "stoploss", FAIL: "stoploss"}
 QUEUES = ("stoploss", "orders")
-_TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", STOP: "X", KILL: "K", FAIL: "F"}
+_TAG_CODE = {BUY: "B", SELL: "S", STOPLOSS: "L", TARGET: "T", STOP: "X", KILL: "K", FAIL: "F"}
+EXITS = frozenset({SELL, STOPLOSS, TARGET, STOP, KILL})  # events that square a position off
 
 
 def event_id(kind: str, strategy_id: int, run_id: int) -> str:
@@ -36,7 +37,7 @@ class Event:
     strategy_id: int
     event_id: str
     timestamp: str  # ISO UTC: the instant the trigger is for (never acted on before it)
-    price: str | None = None  # STOPLOSS: the breaching tick
+    price: str | None = None  # STOPLOSS, TARGET: the crossing tick
     reason: str | None = None  # FAIL: why the strategy cannot go on (e.g. "symbol unavailable")
 
     @classmethod

@@ -25,8 +25,8 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import clock, live, redis_client
 from webapp.brokers import Broker, BrokerAuthFailed, BrokerError, OrderState, get_broker
-from webapp.engine import lateness, runtime, schedule
-from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, Event
+from webapp.engine import exits, lateness, runtime, schedule
+from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, TARGET, Event
 from webapp.engine.committer import STRATEGY_RESULT, Result, committer
 from webapp.engine.locks import Held, Locks, locks
 from webapp.engine.orders import (
@@ -49,7 +49,8 @@ from webapp.state_machine import RUNNING, TERMINAL, Status, can_transition, even
 
 log = logging.getLogger("engine")
 
-EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, STOP: Status.STOPPED, KILL: Status.KILLED}
+EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, TARGET: Status.TARGET_HIT, STOP: Status.STOPPED,
+               KILL: Status.KILLED}
 LOCK_WAIT_SECONDS = 30
 FLAGGED = "flagged_strategies"  # session.info: other strategies this unit of work changed, to publish after commit
 PARTIAL = "partial"  # an exit that filled part of the position: the rest is tried again
@@ -360,7 +361,10 @@ def _attach(strategy: Strategy) -> None:
 
 
 def _order_for(event: Event, strategy: Strategy) -> tuple[str, int]:
-    return ("BUY", strategy.quantity) if event.event == BUY else ("SELL", strategy.position)
+    """The entry's side follows the direction (a short enters with a SELL); every other event exits."""
+    if event.event == BUY:
+        return exits.entry_side(strategy.direction), strategy.quantity
+    return exits.exit_side(strategy.direction), strategy.position
 
 
 def _broker(strategy: Strategy) -> Broker:
@@ -413,34 +417,41 @@ def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:
         strategy.status = Status.IN_POSITION.value
         strategy.position = filled
         strategy.entry_price = state.average_price
+        levels = exits.resolve(strategy, state.average_price)  # % and points stops from the real fill
+        strategy.stop_price, strategy.target_price = levels.stop, levels.target
         strategy.last_action = BUY
         if filled < strategy.quantity:
-            strategy.status_reason = (f"Bought {filled} of {strategy.quantity}: the exchange cancelled the rest "
-                                      f"({message}). The {filled} held are watched by the stop-loss and sold at "
-                                      f"sell time.")
+            verb = "Sold short" if strategy.direction == exits.SHORT else "Bought"
+            strategy.status_reason = (f"{verb} {filled} of {strategy.quantity}: the exchange cancelled the rest "
+                                      f"({message}). The {filled} held are watched by the stop-loss and squared "
+                                      f"off at sell time.")
             log.warning("entry partly filled", extra=_ids(event, strategy, quantity=filled, asked=strategy.quantity))
-        log.info("entered position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price)))
-        return f"bought {filled} @ {state.average_price}"
+        log.info("entered position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price),
+                                                stop=str(levels.stop), target=str(levels.target)))
+        return f"{'sold short' if strategy.direction == exits.SHORT else 'bought'} {filled} @ {state.average_price}"
     held = strategy.position
     if filled <= 0:
-        return _fail(strategy, event, f"exit SELL {state.status.lower()} ({message}); position of {held} still open")
+        return _fail(strategy, event, f"exit {exits.exit_side(strategy.direction)} {state.status.lower()} ({message}); "
+                                      f"position of {held} still open")
     strategy.position = held - filled
     strategy.exit_price = state.average_price
     strategy.last_action = event.event
     if strategy.position:
-        strategy.status_reason = f"Sold {filled} of {held}; selling the other {strategy.position} again."
+        strategy.status_reason = f"Squared off {filled} of {held}; sending the other {strategy.position} again."
         log.warning("exit partly filled", extra=_ids(event, strategy, quantity=filled, held=held))
         return PARTIAL
     log.info("exited position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price)))
     _finish(strategy, EXIT_STATUS[event.event], _reason(event))
-    return f"sold {filled} @ {state.average_price} ({event.event})"
+    verb = "bought back" if strategy.direction == exits.SHORT else "sold"
+    return f"{verb} {filled} @ {state.average_price} ({event.event})"
 
 
 def _failed(strategy: Strategy, event: Event, exc: Exception) -> str:
     if isinstance(exc, LoginRequired):
         _mark_login_required(strategy)
     if isinstance(exc, OrderUnknown):
-        side = "BUY" if event.event == BUY else "exit SELL"
+        side = exits.entry_side(strategy.direction) if event.event == BUY else \
+            f"exit {exits.exit_side(strategy.direction)}"
         return _fail(strategy, event, f"could not confirm the {side} ({exc}); check your broker",
                      position_unknown=True)
     if event.event != BUY:
@@ -451,7 +462,8 @@ def _failed(strategy: Strategy, event: Event, exc: Exception) -> str:
 def _reason(event: Event) -> str:
     if event.reason:
         return event.reason
-    return {SELL: "sold at sell time", STOPLOSS: f"stop-loss hit at {event.price or 'the stop'}",
+    return {SELL: "squared off at sell time", STOPLOSS: f"stop-loss hit at {event.price or 'the stop'}",
+            TARGET: f"target hit at {event.price or 'the target'}",
             STOP: "stopped by you", KILL: "stopped by the admin kill switch"}[event.event]
 
 

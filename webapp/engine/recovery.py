@@ -28,7 +28,7 @@ from flask import current_app
 from sqlalchemy import select
 
 from webapp import clock, live, redis_client
-from webapp.engine import dispatch, lateness, runtime, schedule
+from webapp.engine import dispatch, exits, lateness, runtime, schedule
 from webapp.engine.events import BUY, KILL, SELL, STOP, STOPLOSS, Event
 from webapp.engine.orders import event_done
 from webapp.extensions import db
@@ -190,12 +190,14 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
 def _exits_due(strategy: Strategy, snap: Snapshot, now: datetime, run: int) -> list[Action]:
     """A breached stop with no STOPLOSS of this run recorded, and an MIS position the cut-off is about to
     catch: exits that must go now. An event already attempted is the engine's (resumed above if unfinished)."""
-    breached = snap.last_price is not None and snap.last_price <= strategy.stop_loss
+    # The stop in force: the listener's trailed one (it only tightens) over the one resolved at entry.
+    stop = _decimal(snap.fields.get(runtime.TRAIL_STOP, "").encode()) or strategy.stop_price or strategy.stop_loss
+    breached = snap.last_price is not None and exits.stop_hit(strategy.direction, float(snap.last_price), float(stop))
     stoploss = Event.for_run(STOPLOSS, strategy.id, run, price=str(snap.last_price))
     if breached and stoploss.event_id not in snap.attempts:
         log.warning("stop-loss breached with no exit recorded: firing", extra={
             "event": STOPLOSS, "strategy_id": strategy.id, "event_id": stoploss.event_id,
-            "price": str(snap.last_price), "stop": str(strategy.stop_loss)})
+            "price": str(snap.last_price), "stop": str(stop)})
         return [("send", stoploss, "stops_fired")]
     config = current_app.config
     cutoff = last_order_time(strategy.product, config["TRADING_CALENDAR"], parse_time(config["MIS_CUTOFF"]))

@@ -8,16 +8,31 @@ import redis
 from redis.client import Pipeline
 
 from webapp import clock, keys, redis_client
+from webapp.engine import exits
 from webapp.models import Strategy
 
 
-# Every field the engine keeps in runtime:{id} (the listener adds nothing here; recovery checks them all).
+# Every field the engine keeps in runtime:{id} (recovery checks them all). The exit levels are resolved at the
+# entry fill; the listener adds trail_stop (the stop it has trailed to) and nothing else.
 FIELDS = ("status", "position", "last_action", "entry_price", "exit_price", "status_reason", "needs_attention",
-          "updated_at")
+          "updated_at", "direction", "stop_price", "target_price", "trail_every", "trail_by", "breakeven_at")
+TRAIL_STOP = "trail_stop"
+
+
+def levels(strategy: Strategy) -> dict[str, str]:
+    """The run's exit levels for the listener: resolved from the entry fill ('' before it)."""
+    if strategy.entry_price is None:
+        return {"direction": strategy.direction, "stop_price": "", "target_price": "", "trail_every": "",
+                "trail_by": "", "breakeven_at": ""}
+    resolved = exits.resolve(strategy, strategy.entry_price)
+    return resolved.to_fields() | {"stop_price": str(strategy.stop_price or resolved.stop),
+                                   "target_price": "" if strategy.target_price is None and resolved.target is None
+                                   else str(strategy.target_price or resolved.target)}
 
 
 def _runtime_fields(strategy: Strategy) -> dict:
     return {
+        **levels(strategy),
         "status": strategy.status,
         "position": strategy.position,
         "last_action": strategy.last_action or "",
@@ -40,12 +55,13 @@ def activate(conn: redis.Redis, strategy: Strategy) -> None:
         "user_id": strategy.user_id, "symbol": strategy.symbol, "exchange": strategy.exchange,
         "instrument_token": strategy.instrument_token or "", "quantity": strategy.quantity,
         "buy_time": strategy.buy_time, "sell_time": strategy.sell_time, "stop_loss": str(strategy.stop_loss),
+        "direction": strategy.direction,
         "broker_account_id": strategy.broker_account_id or "", "run_date": strategy.run_date or "",
         "run_id": strategy.run_id or "",
     })
     pipe.hset(keys.runtime(strategy.id), mapping=_runtime_fields(strategy))
-    # Scored by stop price so the listener can find every breached strategy with one range query.
-    pipe.zadd(keys.symbol_strategies(strategy.symbol), {str(strategy.id): float(strategy.stop_loss)})
+    # Which strategies watch a symbol; the listener reads their exit levels from the runtime hashes.
+    pipe.zadd(keys.symbol_strategies(strategy.symbol), {str(strategy.id): 0})
     pipe.execute()
     publish(conn, strategy)
 

@@ -20,7 +20,7 @@ log = logging.getLogger("services.lifecycle")
 
 
 _RUN_FIELDS = ("status", "run_id", "run_date", "broker_account_id", "position", "entry_price", "exit_price",
-               "status_reason", "needs_attention", "last_action")
+               "stop_price", "target_price", "status_reason", "needs_attention", "last_action")
 
 
 class StartRefused(Exception):
@@ -88,7 +88,8 @@ def _start(strategy: Strategy) -> str:
             raise StartRefused(" ".join(dict.fromkeys(late.values())))
 
         before = {f: getattr(strategy, f) for f in _RUN_FIELDS}
-        run = Run(strategy_id=strategy.id, run_date=today.isoformat())
+        closed = close_run(strategy)
+        run = Run(strategy_id=strategy.id, run_date=today.isoformat(), direction=strategy.direction)
         db.session.add(run)
         db.session.flush()
         strategy.status = Status.WAITING_ENTRY.value
@@ -96,7 +97,7 @@ def _start(strategy: Strategy) -> str:
         strategy.run_date = today.isoformat()
         strategy.broker_account_id = account.id
         strategy.position = 0
-        strategy.entry_price = strategy.exit_price = None
+        strategy.entry_price = strategy.exit_price = strategy.stop_price = strategy.target_price = None
         strategy.status_reason = None
         strategy.needs_attention = False
         strategy.stop_requested_at = None
@@ -112,6 +113,8 @@ def _start(strategy: Strategy) -> str:
             # Never leave a strategy "running" without its triggers: undo, and say so.
             for field, value in before.items():
                 setattr(strategy, field, value)
+            if closed is not None:
+                closed.status = closed.reason = None
             db.session.delete(run)
             db.session.commit()
             raise
@@ -124,6 +127,18 @@ def _start(strategy: Strategy) -> str:
                                         "event_ids": [event.event_id for event, _ in triggers],
                                         "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat()})
     return f"Running: BUY at {strategy.buy_time} IST, SELL at {strategy.sell_time} IST."
+
+
+def close_run(strategy: Strategy) -> Run | None:
+    """The strategy's last run gets its outcome from the strategy's own columns, which the next run is about
+    to reset: while a run is the current one, the strategy says how it ended; afterwards its row does."""
+    if strategy.run_id is None:
+        return None
+    run = db.session.get(Run, strategy.run_id)
+    if run is not None and run.status is None:
+        run.status, run.reason = strategy.status, strategy.status_reason
+        run.stop_price, run.target_price = strategy.stop_price, strategy.target_price
+    return run
 
 
 def request_stop(strategy: Strategy) -> str:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from redis.exceptions import RedisError
 
 from webapp import clock, keys, redis_client
-from webapp.engine import runtime
+from webapp.engine import exits, runtime
 from webapp.extensions import db
 from webapp.market_calendar import exchange_date, instant, parse_time
 from webapp.models import OrderLog, Strategy
@@ -29,20 +29,25 @@ def _run_rows(strategy: Strategy) -> list[OrderLog]:
 
 
 def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
-    """(rupees, percent of the entry value), marking any open position at last_price. From what the broker
-    filled, partial fills included, never from what was asked for."""
-    filled = _fills(strategy)
-    bought = [row for row in filled if row.side == "BUY"]
-    if not bought:
+    return fills_pnl(_fills(strategy), strategy.direction, strategy.position, last_price)
+
+
+def fills_pnl(filled: list[OrderLog], direction: str, position: int,
+              last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
+    """(rupees, percent of the entry value) of one run's filled orders, marking any open position at
+    last_price: what was sold minus what was bought, whichever came first. From what the broker filled,
+    partial fills included, never from what was asked for."""
+    side = exits.entry_side(direction)
+    entered = [row for row in filled if row.side == side]
+    if not entered:
         return None, None
-    cost = sum((row.price * row.filled_quantity for row in bought), Decimal(0))
-    proceeds = sum((row.price * row.filled_quantity for row in filled if row.side == "SELL"), Decimal(0))
-    if strategy.position and last_price is not None:
-        proceeds += last_price * strategy.position
-    elif strategy.position:
+    value = {s: sum((row.price * row.filled_quantity for row in filled if row.side == s), Decimal(0))
+             for s in ("BUY", "SELL")}
+    if position and last_price is None:
         return None, None
-    rupees = proceeds - cost
-    return rupees, (rupees / cost * 100) if cost else None
+    value[exits.exit_side(direction)] += (last_price or 0) * position
+    rupees = value["SELL"] - value["BUY"]
+    return rupees, (rupees / value[side] * 100) if value[side] else None
 
 
 def _fills(strategy: Strategy) -> list[OrderLog]:
@@ -76,8 +81,10 @@ def _from_runtime(strategy_id: int, live: dict[str, str], tick: str | None) -> d
     last_price = _decimal(tick or live.get("last_price"))
     position = int(live.get("position") or 0)
     entry = _decimal(live.get("entry_price"))
-    rupees = (last_price - entry) * position if position and entry and last_price is not None else None
-    percent = (last_price - entry) / entry * 100 if rupees is not None and entry else None
+    direction = live.get("direction") or exits.LONG
+    gain = (last_price - entry) * exits.sign(direction) if entry and last_price is not None else None
+    rupees = gain * position if position and gain is not None else None
+    percent = gain / entry * 100 if rupees is not None and entry else None
     return {
         "strategy_id": strategy_id,
         "status": live["status"],
@@ -87,6 +94,10 @@ def _from_runtime(strategy_id: int, live: dict[str, str], tick: str | None) -> d
         "last_price": _money(last_price),
         "entry_price": _money(entry),
         "exit_price": _money(_decimal(live.get("exit_price"))),
+        "direction": direction,
+        # The stop in force: the listener's trailed one once it has moved, else the one resolved at entry.
+        "stop_price": _money(_decimal(live.get("trail_stop") or live.get("stop_price"))),
+        "target_price": _money(_decimal(live.get("target_price"))),
         "pnl": _money(rupees),
         "pnl_percent": _money(percent),
         "status_reason": live.get("status_reason") or None,
@@ -130,6 +141,9 @@ def _from_database(strategy: Strategy, tick: str | None) -> dict:
         "last_price": _money(last_price),
         "entry_price": _money(strategy.entry_price),
         "exit_price": _money(strategy.exit_price),
+        "direction": strategy.direction,
+        "stop_price": _money(strategy.stop_price),
+        "target_price": _money(strategy.target_price),
         "pnl": _money(rupees),
         "pnl_percent": _money(percent),
         "status_reason": strategy.status_reason,
