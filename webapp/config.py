@@ -75,6 +75,11 @@ class Config:
         # at start-up), and the algo id SEBI's retail algo framework asks every algo order to carry.
         self.MARKET_PROTECTION = os.environ.get("MARKET_PROTECTION", "-1")
         self.KITE_ALGO_ID = os.environ.get("KITE_ALGO_ID", "")
+        # A LIMIT strategy's orders (entry, exit at sell time) when it leaves these unset: the limit this many
+        # percent beyond the last price, against the trader (marketable), and turned into MARKET after this
+        # many seconds unfilled.
+        self.LIMIT_BUFFER_PCT = float(os.environ.get("LIMIT_BUFFER_PCT", "0.1"))
+        self.LIMIT_WAIT_SECONDS = float(os.environ.get("LIMIT_WAIT_SECONDS", "3"))
         # Orders a worker process keeps in flight at once (each waits ~50 ms for Kite and ~200 ms for a fill).
         self.ORDER_THREADS = int(os.environ.get("ORDER_THREADS", "256"))
         # Order placement: attempts in all, pauses between them, and how long to follow an order to a

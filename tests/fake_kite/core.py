@@ -270,6 +270,10 @@ class FakeKite:
         # Every order placement that got past auth and the rate limit, refused or not: {"api_key", "params"
         # (the form as the client sent it, e.g. params["market_protection"] == "-1"), "order_id" (None if refused)}.
         self.placements: list[dict[str, Any]] = []
+        # Every modification (PUT /orders/{variety}/{order_id}) that got past auth and the rate limit: {"api_key",
+        # "order_id", "params" (the form as sent: params["order_type"] == "MARKET", params["market_protection"]
+        # == "-1"), "outcome" ("modified", the status that refused it, or None: refused as invalid)}.
+        self.modifications: list[dict[str, Any]] = []
         # Every postback: (payload, HTTP status of the app's answer, or an error string, or "dropped").
         self.postbacks: list[tuple[dict[str, Any], int | str]] = []
 
@@ -1077,21 +1081,29 @@ class FakeKite:
             return ok([dict(t) for o in self._orders.values() if o.api_key == account.api_key for t in o.trades])
 
     def _modify_order(self, request: Request, account: Account, variety: str, order_id: str) -> Response:
+        modification: dict[str, Any] = {"api_key": account.api_key, "order_id": order_id, "params": request.params(),
+                                        "outcome": None}
         with self._lock:
+            self.modifications.append(modification)
             order = self._owned(account, order_id)
             if order.status not in WORKING:
+                modification["outcome"] = order.status
                 raise _KiteError("InputException", f"Order cannot be modified as it is {order.status.lower()}.")
             changes: dict[str, Any] = {"modified": True}
+            if request.arg("order_type") and request.arg("order_type") not in ORDER_TYPES:
+                raise _KiteError("InputException", "Invalid `order_type`.")
+            new_type = request.arg("order_type") or order.fields["order_type"]
+            if request.arg("market_protection") is not None or (request.arg("order_type") and new_type in
+                                                               ("MARKET", "SL-M")):
+                # Kite's 2026 rule holds for a modification too: an order becoming MARKET needs its protection.
+                changes["market_protection"] = _market_protection(request.arg("market_protection"), new_type)
             for name, parse in (("quantity", _int), ("price", _float), ("trigger_price", _float),
                                 ("disclosed_quantity", _int)):
                 value = parse(request.arg(name))
                 if value is not None:
                     changes[name] = value
-            order_type = request.arg("order_type")
-            if order_type:
-                if order_type not in ORDER_TYPES:
-                    raise _KiteError("InputException", "Invalid `order_type`.")
-                changes["order_type"] = order_type
+            if request.arg("order_type"):
+                changes["order_type"] = request.arg("order_type")
             if "quantity" in changes:
                 changes["pending_quantity"] = changes["quantity"] - order.fields["filled_quantity"]
             back = order.status
@@ -1100,6 +1112,7 @@ class FakeKite:
             self._transition(order, back, update=True)
             if back != "AMO REQ RECEIVED" and order.timer is None:
                 self._schedule_fill(order)
+            modification["outcome"] = "modified"
             return ok({"order_id": order_id})
 
     def _cancel_order_route(self, request: Request, account: Account, variety: str, order_id: str) -> Response:

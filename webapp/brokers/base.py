@@ -8,6 +8,8 @@ from typing import Protocol
 
 # The one definition of an order the broker has finished with: nothing more will fill.
 FINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELLED"})
+MARKET, LIMIT = "MARKET", "LIMIT"
+ORDER_TYPES = (MARKET, LIMIT)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class OrderRequest:
     tag: str  # ≤ 20 alphanumeric characters, derived from the event_id
     market_protection: float = -1  # Kite refuses a MARKET order without it since 2026; -1 = Kite's automatic
     algo_id: str | None = None  # SEBI's retail algo framework: the id every algo order carries
+    order_type: str = MARKET  # MARKET | LIMIT
+    price: Decimal | None = None  # LIMIT only: the limit price, on the instrument's tick
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,14 @@ class OrderRejected(BrokerError):
     code = "ORDER_REJECTED"
 
 
+class OrderNotModifiable(BrokerError):
+    """The broker refused a modification (Kite: an InputException such as "Order cannot be modified as it is
+    complete"): most often the order is already final, filled or cancelled meanwhile. Read its state: never
+    a reason to place another order."""
+
+    code = "ORDER_NOT_MODIFIABLE"
+
+
 class Broker(Protocol):
     name: str
 
@@ -93,7 +105,13 @@ class Broker(Protocol):
         """Raise BrokerAuthFailed (with a message a person can act on) unless the broker accepts them."""
 
     def place_order(self, order: OrderRequest) -> str:
-        """A MARKET order; returns the broker's order id. Accepted is not filled: see order_status."""
+        """A MARKET order (with its market protection) or a LIMIT order at order.price; returns the broker's
+        order id. Accepted is not filled: see order_status."""
+
+    def modify_to_market(self, order_id: str, market_protection: float) -> None:
+        """Turns a working order (a LIMIT left unfilled) into a MARKET order with this market protection: what
+        filled stays filled, the rest fills at market. A follow-up call: a failure is BrokerUnavailable (ask
+        again, it is idempotent), a refusal OrderNotModifiable (read the order's state: it is likely final)."""
 
     def order_status(self, order_id: str) -> OrderState:
         """The order's latest state (a follow-up call: any failure here is BrokerUnavailable, never a "no")."""

@@ -15,10 +15,12 @@ from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_errors
 
 from webapp.brokers.base import (
+    LIMIT,
     BrokerAuthFailed,
     BrokerTimeout,
     BrokerUnavailable,
     Credentials,
+    OrderNotModifiable,
     OrderRejected,
     OrderRequest,
     OrderState,
@@ -84,14 +86,30 @@ class KiteBroker:
         return str(data["access_token"])
 
     def place_order(self, order: OrderRequest) -> str:
+        limit = order.order_type == LIMIT
         data = self._call("orders", lambda: self.client.place_order(
             variety=KiteConnect.VARIETY_REGULAR, exchange=order.exchange, tradingsymbol=order.symbol,
             transaction_type=order.side, quantity=int(order.quantity), product=order.product,
-            order_type=KiteConnect.ORDER_TYPE_MARKET, tag=order.tag,
-            market_protection=int(order.market_protection) if float(order.market_protection).is_integer()
-            else order.market_protection,
+            order_type=KiteConnect.ORDER_TYPE_LIMIT if limit else KiteConnect.ORDER_TYPE_MARKET,
+            price=float(order.price) if limit else None, tag=order.tag,
+            # Market protection is Kite's rule for MARKET (and SL-M) orders; a LIMIT carries its own price.
+            market_protection=None if limit else _protection(order.market_protection),
             algo_id=order.algo_id), placement=True)
         return str(data["order_id"] if isinstance(data, dict) else data)
+
+    def modify_to_market(self, order_id: str, market_protection: float) -> None:
+        """PUT /orders/regular/{order_id} with order_type MARKET and market_protection (kiteconnect 5.2.2's
+        modify_order drops None, so nothing else changes). A follow-up call: a failure is BrokerUnavailable; an
+        InputException (Kite's answer for an order already COMPLETE, CANCELLED or REJECTED) is
+        OrderNotModifiable."""
+        def modify() -> object:
+            try:
+                return self.client.modify_order(variety=KiteConnect.VARIETY_REGULAR, order_id=order_id,
+                                                order_type=KiteConnect.ORDER_TYPE_MARKET,
+                                                market_protection=_protection(market_protection))
+            except kite_errors.InputException as exc:
+                raise OrderNotModifiable(f"Kite: {exc}") from exc
+        self._call("other", modify)
 
     def order_status(self, order_id: str) -> OrderState:
         history = self._call("other", lambda: self.client.order_history(order_id))
@@ -128,6 +146,11 @@ class KiteBroker:
         net = self._call("other", lambda: self.client.positions())["net"]
         return sum(int(p["quantity"]) for p in net
                    if (p["exchange"], p["tradingsymbol"], p["product"]) == (exchange, symbol, product))
+
+
+def _protection(value: float) -> float | int:
+    """As Kite documents it: -1, or a percentage (a whole one sent as an integer)."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _tags(order: dict) -> list[str]:

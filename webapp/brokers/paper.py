@@ -4,7 +4,10 @@ call takes PAPER_LATENCY_MS (half on the way in, half on the way back), a MARKET
 PAPER_FILL_MS before it fills, and a fault script can make the exchange fill part of an order and cancel
 the rest, reject it, or answer 500. Its book lives in Redis so every worker sees the same orders. An
 order fills at the last tick the listener stored when it arrived (or the catalogue's reference price),
-moved against the trader by the configured slippage. Fills are pushed (brokers/updates.py) as Kite's
+moved against the trader by the configured slippage. A LIMIT order fills (after PAPER_FILL_MS, at the
+last price or its limit, whichever is better for the trader) once the last price is at or through its limit,
+checked by the fill timer and on every status read; otherwise it stays OPEN until it is modified to MARKET,
+and then fills like a MARKET order at the price of that moment. Fills are pushed (brokers/updates.py) as Kite's
 postbacks are, and settled on a status call too, so a fill is never lost with the process that timed it."""
 from __future__ import annotations
 
@@ -25,10 +28,12 @@ from webapp.market_calendar import IST
 from webapp.brokers import updates
 from webapp.brokers.ratelimit import RateLimiter
 from webapp.brokers.base import (
+    LIMIT,
     BrokerAuthFailed,
     BrokerTimeout,
     BrokerUnavailable,
     Credentials,
+    OrderNotModifiable,
     OrderRejected,
     OrderRequest,
     OrderState,
@@ -49,7 +54,9 @@ PAISE = Decimal("0.01")
 # - timeout_after_accept: booked, then no answer; slow_after_accept: booked, answer SLOW_ANSWER_SECONDS late
 #   (a window in which a drill kills the worker between the broker's accept and the engine's records);
 # - reject: RMS rejection; auth: session expired; partial:N: N filled, the rest cancelled by the exchange.
-# And on keys.paper_followup_faults(), one per follow-up call: error500 (the call answers HTTP 500).
+# And on keys.paper_followup_faults(), one per follow-up call (status, look-up by tag, modification): error500
+# (the call answers HTTP 500). A LIMIT order with partial:N fills N when its limit is reached and leaves the
+# rest OPEN (thin liquidity at the limit) until it is modified to MARKET.
 SLOW_ANSWER_SECONDS = 5.0
 PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
 REJECT_MESSAGE = "RMS:Margin Exceeds, Required:0, Available:0 (injected)"
@@ -89,24 +96,64 @@ return {fault, order_id, status}
 """
 
 # Settles an order whose fill time has come, atomically and idempotently, moves the account's net position
-# by what filled, and plays a follow-up fault. KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a
-# follow-up call, the positions key without its account id. Returns {fault or false,
-# [status, tag, filled_quantity, arrival_price, message, side, slippage]} (only what an OrderState needs:
-# replies are parsed in Python, and the whole hash is three times as long).
+# by what filled, and plays a follow-up fault. A MARKET order takes its planned outcome (a fault's partial
+# fill or the whole quantity); a LIMIT order fills only while the last price (else its reference price) is at
+# or through its limit, and a LIMIT that filled in part before it was turned to MARKET fills the rest.
+# KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call, the positions key without
+# its account id. Returns {fault or false, [status, tag, filled_quantity, arrival_price, message, side,
+# slippage, limit_qty, limit_ltp, limit_price]} (only what an OrderState needs: replies are parsed in Python,
+# and the whole hash is three times as long).
 _SETTLE = """
 local fault = false
 if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
-if redis.call('HGET', KEYS[1], 'status') == 'OPEN' and tonumber(ARGV[1]) >= tonumber(redis.call('HGET', KEYS[1], 'fill_at')) then
-  local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
-  redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
-  local o = redis.call('HMGET', KEYS[1], 'side', 'exchange', 'symbol', 'product', 'account_id')
-  local filled = tonumber(planned[2])
-  if filled > 0 then
-    redis.call('HINCRBY', ARGV[3] .. o[5], o[2] .. ':' .. o[3] .. ':' .. o[4], o[1] == 'BUY' and filled or -filled)
+local o = redis.call('HMGET', KEYS[1], 'status', 'fill_at', 'order_type', 'side', 'exchange', 'symbol', 'product',
+  'account_id', 'quantity', 'filled_quantity', 'limit_price', 'price_key', 'reference_price', 'limit_qty',
+  'arrival_price')
+if o[1] == 'OPEN' and tonumber(ARGV[1]) >= tonumber(o[2]) then
+  local moved = 0
+  if o[3] == 'LIMIT' then
+    if not o[14] then
+      local ltp = redis.call('GET', o[12]) or (o[13] ~= '' and o[13]) or o[15]
+      local limit = tonumber(o[11])
+      if (o[4] == 'BUY' and tonumber(ltp) <= limit) or (o[4] ~= 'BUY' and tonumber(ltp) >= limit) then
+        local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled')
+        local qty = tonumber(o[9])
+        if planned[1] == 'CANCELLED' then qty = tonumber(planned[2]) end
+        redis.call('HSET', KEYS[1], 'limit_qty', qty, 'limit_ltp', ltp, 'filled_quantity', qty)
+        if qty >= tonumber(o[9]) then redis.call('HSET', KEYS[1], 'status', 'COMPLETE') end
+        moved = qty
+      end
+    end
+  elseif tonumber(o[10] or '0') > 0 then
+    redis.call('HSET', KEYS[1], 'status', 'COMPLETE', 'filled_quantity', o[9])
+    moved = tonumber(o[9]) - tonumber(o[10])
+  else
+    local planned = redis.call('HMGET', KEYS[1], 'planned_status', 'planned_filled', 'planned_message')
+    redis.call('HSET', KEYS[1], 'status', planned[1], 'filled_quantity', planned[2], 'message', planned[3])
+    moved = tonumber(planned[2])
+  end
+  if moved > 0 then
+    redis.call('HINCRBY', ARGV[3] .. o[8], o[5] .. ':' .. o[6] .. ':' .. o[7], o[4] == 'BUY' and moved or -moved)
   end
 end
 return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'arrival_price', 'message', 'side',
-  'slippage')}
+  'slippage', 'limit_qty', 'limit_ltp', 'limit_price')}
+"""
+
+# Turns a working order into a MARKET order (Kite's modify_order with order_type MARKET): it then fills like
+# one, PAPER_FILL_MS later, at the last price of this moment. A follow-up call: plays a follow-up fault.
+# KEYS: order hash, follow-up faults. ARGV: now in ms, fill delay in ms, market protection. Returns
+# {'ok' | 'final' | 'missing' | 'error500', status}.
+_MODIFY = """
+local fault = redis.call('LPOP', KEYS[2])
+if fault == 'error500' then return {'error500', ''} end
+local o = redis.call('HMGET', KEYS[1], 'status', 'price_key', 'reference_price', 'arrival_price')
+if not o[1] then return {'missing', ''} end
+if o[1] ~= 'OPEN' then return {'final', o[1]} end
+local arrival = (o[2] and redis.call('GET', o[2])) or (o[3] and o[3] ~= '' and o[3]) or o[4]
+redis.call('HSET', KEYS[1], 'order_type', 'MARKET', 'market_protection', ARGV[3], 'arrival_price', arrival,
+  'fill_at', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'modified', '1')
+return {'ok', 'OPEN'}
 """
 
 
@@ -188,7 +235,10 @@ class PaperBroker:
         return instrument.last_price
 
     def place_order(self, order: OrderRequest) -> str:
-        if order.market_protection != -1 and not 0 < order.market_protection <= 100:
+        limit = order.order_type == LIMIT
+        if limit and (order.price is None or order.price <= 0):
+            raise OrderRejected("Invalid `price`.")
+        if not limit and order.market_protection != -1 and not 0 < order.market_protection <= 100:
             raise OrderRejected("Market orders without market protection are not allowed via API. Please set market "
                                 "protection or use a Limit order.")
         reference = instruments.lookup(order.exchange, order.symbol)
@@ -208,7 +258,10 @@ class PaperBroker:
                   "symbol", order.symbol, "product", order.product, "account_id", self.account_id,
                   "placed_at", now.isoformat(), "placed_epoch", f"{epoch:.6f}",
                   "fill_at", int(epoch * 1000 + self.timing.fill_ms), "slippage", str(self.slippage),
-                  "market_protection", order.market_protection, "algo_id", order.algo_id or ""],
+                  "market_protection", order.market_protection, "algo_id", order.algo_id or "",
+                  "order_type", order.order_type, "limit_price", str(order.price) if limit else "",
+                  "price_key", keys.last_price(order.exchange, order.symbol),
+                  "reference_price", str(reference.last_price) if reference else ""],
             client=self.conn))
         if fault == "unavailable":
             raise BrokerUnavailable("paper exchange: HTTP 503 (injected)")
@@ -235,6 +288,23 @@ class PaperBroker:
         self.timing.leg()
         return state
 
+    def modify_to_market(self, order_id: str, market_protection: float) -> None:
+        if market_protection != -1 and not 0 < market_protection <= 100:
+            raise OrderNotModifiable("Invalid `market_protection`.")
+        self.timing.leg()
+        now = clock.epoch()
+        outcome, status = (x.decode() for x in redis_client.script(self.conn, _MODIFY)(
+            keys=[keys.paper_order(order_id), keys.paper_followup_faults()],
+            args=[int(now * 1000), int(self.timing.fill_ms), market_protection], client=self.conn))
+        if outcome == "error500":
+            raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
+        if outcome == "missing":
+            raise BrokerUnavailable(f"paper exchange has no order {order_id}")
+        if outcome == "final":
+            raise OrderNotModifiable(f"Order cannot be modified as it is {status.lower()}.")
+        _fills(self.conn).at(now + self.timing.fill_ms / 1000, order_id)
+        self.timing.leg()
+
     def orders_by_tag(self, tag: str) -> list[OrderState]:
         self.timing.leg()
         ids = self.conn.lrange(keys.paper_tag(self.account_id, tag), 0, -1)
@@ -256,14 +326,23 @@ def _settle_call(conn: redis.Redis, order_id: str, followup: bool, client: redis
 def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> OrderState:
     if fault == b"error500":
         raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
-    status, tag, filled, arrival, message, side, slippage = (None if f is None else f.decode() for f in fields)
+    status, tag, filled, arrival, message, side, slippage, limit_qty, limit_ltp, limit_price = (
+        None if f is None else f.decode() for f in fields)
     if status is None:
         raise BrokerUnavailable(f"paper exchange has no order {order_id}")
     average = None
-    if int(filled):  # the arrival price moved against the trader by the slippage
+    filled = int(filled)
+    if filled:  # each part at its price moved against the trader by the slippage; a LIMIT's part no worse
         move = Decimal(slippage) if side == "BUY" else -Decimal(slippage)
-        average = (Decimal(arrival) * (1 + move)).quantize(PAISE)
-    return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=int(filled), average_price=average,
+        at_limit = int(limit_qty or 0)
+        value = Decimal(0)
+        if at_limit:
+            ltp = Decimal(limit_ltp) * (1 + move)
+            value += at_limit * (min(ltp, Decimal(limit_price)) if side == "BUY" else max(ltp, Decimal(limit_price)))
+        if filled > at_limit:
+            value += (filled - at_limit) * Decimal(arrival) * (1 + move)
+        average = (value / filled).quantize(PAISE)
+    return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=filled, average_price=average,
                       message=message or None)
 
 

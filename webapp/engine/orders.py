@@ -9,12 +9,18 @@
 - A placement that got no usable answer (timeout, reset, HTTP 5xx) is looked up by tag before anything is
   placed again. A follow-up error (order status) is never a "no": the order is followed until
   ORDER_CONFIRM_TIMEOUT, time spent waiting for the rate limiter not counted.
-- Accepted is not filled: the order is followed to a final state by pushed updates, polling as the fallback."""
+- Accepted is not filled: the order is followed to a final state by pushed updates, polling as the fallback.
+- A LIMIT order (an entry, or the exit at sell time, of a strategy whose order type is LIMIT) left unfilled
+  for its wait is modified to MARKET: a follow-up call on the same order, retried on a failure and never a
+  second placement; a refusal (Kite's answer once the order is COMPLETE) means the order is final already, and
+  it is followed as any other. What filled is the position, whichever way it filled."""
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from datetime import timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Callable
 
 from flask import current_app
@@ -22,7 +28,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import redis_client
+from webapp import instruments, keys, redis_client
 from webapp.brokers import (
     Broker,
     BrokerAuthFailed,
@@ -34,10 +40,10 @@ from webapp.brokers import (
     OrderState,
     updates,
 )
-from webapp.brokers.base import FINAL_STATUSES
+from webapp.brokers.base import FINAL_STATUSES, LIMIT, MARKET, OrderNotModifiable
 from webapp.brokers.ratelimit import time_waited
 from webapp.engine import lateness
-from webapp.engine.events import BUY, Event
+from webapp.engine.events import BUY, SELL, Event
 from webapp.engine.locks import Held, Locks
 from webapp.extensions import db
 from webapp.models import OrderLog, Strategy, utcnow
@@ -50,6 +56,11 @@ IN_DOUBT = frozenset({"SENDING", "TIMEOUT"})
 # How long a placement call can take at most (the client's timeout) and a margin: past it, a SENDING row's
 # holder is surely no longer sending, and a look-up by tag is the truth.
 CLAIM_MARGIN_SECONDS = 3.0
+# The price step a LIMIT is rounded to when the instrument's own is not known (Kite's NSE equity tick).
+TICK = Decimal("0.05")
+# The events whose order follows the strategy's order type: the entry and the exit at sell time. A STOPLOSS,
+# TARGET, STOP or KILL is always MARKET: an exit that must happen now may not wait on a limit.
+ORDER_TYPE_FOLLOWS_STRATEGY = frozenset({BUY, SELL})
 
 
 class OrderFailed(Exception):
@@ -93,10 +104,60 @@ def _ctx(event: Event, strategy: Strategy, **more: object) -> dict:
 
 
 def request_for(strategy: Strategy, event: Event, side: str, quantity: int) -> OrderRequest:
+    """The order for this event: MARKET with Kite's market protection, or, for the entry and the exit at sell
+    time of a LIMIT strategy, a LIMIT at limit_price() from the last price (MARKET when no price is known)."""
     config = current_app.config
-    return OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag,
-                        market_protection=config["MARKET_PROTECTION"],
-                        algo_id=strategy.algo_id or config["KITE_ALGO_ID"] or None)
+    request = OrderRequest(strategy.exchange, strategy.symbol, side, quantity, strategy.product, event.tag,
+                           market_protection=config["MARKET_PROTECTION"],
+                           algo_id=strategy.algo_id or config["KITE_ALGO_ID"] or None)
+    if event.event not in ORDER_TYPE_FOLLOWS_STRATEGY or (strategy.order_type or MARKET).upper() != LIMIT:
+        return request  # STOPLOSS, TARGET, STOP and KILL exits never wait: always MARKET
+    last, tick = _last_price(strategy)
+    if last is None:
+        log.warning("no last price to set a limit from: sent as MARKET", extra=_ctx(event, strategy))
+        return request
+    buffer = limit_buffer_pct(strategy)
+    return replace(request, order_type=LIMIT, price=limit_price(side, last, buffer, tick))
+
+
+def limit_buffer_pct(strategy: Strategy) -> Decimal:
+    if strategy.limit_buffer_pct is not None:
+        return Decimal(str(strategy.limit_buffer_pct))
+    return Decimal(str(current_app.config["LIMIT_BUFFER_PCT"]))
+
+
+def limit_wait_seconds(strategy: Strategy) -> float:
+    if strategy.limit_wait_seconds is not None:
+        return float(strategy.limit_wait_seconds)
+    return float(current_app.config["LIMIT_WAIT_SECONDS"])
+
+
+def limit_price(side: str, last: Decimal, buffer_pct: Decimal, tick: Decimal = TICK) -> Decimal:
+    """A marketable limit: `buffer_pct` percent beyond the last price in the trader's disfavour (a BUY above
+    it, a SELL below it), rounded to the tick in that same direction (up for a BUY, down for a SELL), so
+    the rounding never takes the limit back towards the last price."""
+    tick = tick if tick and tick > 0 else TICK
+    if side == "BUY":
+        raw = last * (1 + buffer_pct / 100)
+        steps = (raw / tick).to_integral_value(rounding=ROUND_CEILING)
+    else:
+        raw = last * (1 - buffer_pct / 100)
+        steps = max((raw / tick).to_integral_value(rounding=ROUND_FLOOR), Decimal(1))
+    return (steps * tick).quantize(Decimal("0.01"))
+
+
+def _last_price(strategy: Strategy) -> tuple[Decimal | None, Decimal]:
+    """The instrument's last price as the listener stored it, else the paper catalogue's; and its tick."""
+    known = instruments.lookup(strategy.exchange, strategy.symbol)
+    tick = known.tick_size if known is not None else TICK
+    try:
+        raw = redis_client.current().get(keys.last_price(strategy.exchange, strategy.symbol))
+    except RedisError as exc:
+        log.warning("last price unreadable", extra={"strategy_id": strategy.id, "error": str(exc)})
+        raw = None
+    if raw:
+        return Decimal(raw.decode()), tick
+    return (known.last_price if known is not None and known.last_price > 0 else None), tick
 
 
 def claim(strategy: Strategy, event: Event, request: OrderRequest, attempt: int, held: Held) -> OrderLog:
@@ -166,32 +227,100 @@ def _release_connection() -> None:
         db.session.commit()
 
 
-def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy) -> OrderState:
+def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy,
+           request: OrderRequest | None = None) -> OrderState:
     """Accepted is not filled: wait for the order's final state, pushed (postback, ticker, paper fill)
-    or, when no push comes, polled."""
+    or, when no push comes, polled. A LIMIT order still working after its wait (unfilled, or filled in part)
+    is turned into a MARKET order first (_to_market), and then followed as any other."""
     config = current_app.config
     watch = updates.watch(redis_client.current())
     waiter = watch.expect(order_id)
-    started, limiter_before = time.monotonic(), time_waited()
-    pause = config["ORDER_PUSH_WAIT_SECONDS"] if watch.pushes_flowing() else 0.1
     try:
-        while True:
-            if waiter.event.wait(pause):
-                return waiter.state
-            try:
-                state = broker.order_status(order_id)
-                if state.final:
-                    return state
-            except BrokerUnavailable as exc:  # a follow-up error is not a "no": keep following
-                log.warning("order status unavailable, following on", extra=_ctx(event, strategy, error=str(exc),
-                                                                                  broker_order_id=order_id))
-            spent = time.monotonic() - started - (time_waited() - limiter_before)
-            if spent >= config["ORDER_CONFIRM_TIMEOUT"]:
-                raise OrderUnknown(f"order {order_id} did not reach a final state within "
-                                   f"{config['ORDER_CONFIRM_TIMEOUT']:.0f} s")
-            pause = min(pause * 2, 1.0)
+        if request is not None and request.order_type == LIMIT:
+            wait = limit_wait_seconds(strategy)
+            state = _await(broker, watch, waiter, order_id, event, strategy, wait, limiter_excluded=False)
+            if state is not None:
+                return state
+            _to_market(broker, order_id, event, strategy, request, wait)
+        state = _await(broker, watch, waiter, order_id, event, strategy, config["ORDER_CONFIRM_TIMEOUT"])
+        if state is None:
+            raise OrderUnknown(f"order {order_id} did not reach a final state within "
+                               f"{config['ORDER_CONFIRM_TIMEOUT']:.0f} s")
+        return state
     finally:
         watch.done(order_id)
+
+
+def _await(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_id: str, event: Event,
+           strategy: Strategy, within: float, limiter_excluded: bool = True) -> OrderState | None:
+    """The order's final state, or None once `within` seconds have passed without one (time spent waiting
+    for the rate limiter not counted, unless limiter_excluded is False)."""
+    started, limiter_before = time.monotonic(), time_waited()
+
+    def spent() -> float:
+        wall = time.monotonic() - started
+        return wall - (time_waited() - limiter_before) if limiter_excluded else wall
+
+    pause = current_app.config["ORDER_PUSH_WAIT_SECONDS"] if watch.pushes_flowing() else 0.1
+    while True:
+        if waiter.event.wait(max(0.01, min(pause, within - spent()))):
+            return waiter.state
+        try:
+            state = broker.order_status(order_id)
+            if state.final:
+                return state
+        except BrokerUnavailable as exc:  # a follow-up error is not a "no": keep following
+            log.warning("order status unavailable, following on", extra=_ctx(event, strategy, error=str(exc),
+                                                                              broker_order_id=order_id))
+        if spent() >= within:
+            return None
+        pause = min(pause * 2, 1.0)
+
+
+def _to_market(broker: Broker, order_id: str, event: Event, strategy: Strategy, request: OrderRequest,
+               waited: float) -> None:
+    """Modifies a LIMIT order left working after its wait to MARKET, with the market protection Kite asks of
+    every MARKET order: what filled stays, the rest fills at market. A follow-up call, never a placement:
+    a failure (HTTP 500, a timeout) is tried again, and it is idempotent; between tries, and after a refusal
+    (Kite refuses to modify an order that is COMPLETE, CANCELLED or REJECTED: a fill raced the
+    modification), the order's state is read and a final one ends it. Past ORDER_CONFIRM_TIMEOUT the caller
+    follows whatever the order is (a LIMIT that never fills ends as OrderUnknown: a human looks)."""
+    config = current_app.config
+    deadline = time.monotonic() + config["ORDER_CONFIRM_TIMEOUT"]
+    pause = 0.1
+    log.info("limit order unfilled after its wait: turning it to MARKET", extra=_ctx(
+        event, strategy, broker_order_id=order_id, limit=str(request.price), waited_s=waited))
+    while True:
+        try:
+            broker.modify_to_market(order_id, request.market_protection)
+            log.info("limit order modified to MARKET", extra=_ctx(event, strategy, broker_order_id=order_id,
+                                                                   market_protection=request.market_protection))
+            return
+        except OrderNotModifiable as exc:
+            log.info("modification refused: reading the order's state", extra=_ctx(
+                event, strategy, broker_order_id=order_id, error=str(exc)))
+        except BrokerUnavailable as exc:
+            log.warning("modification to MARKET failed: trying again", extra=_ctx(
+                event, strategy, broker_order_id=order_id, error=str(exc)))
+        except BrokerAuthFailed as exc:
+            raise OrderUnknown(f"LIMIT order {order_id} could not be turned to MARKET ({exc}); it may still be "
+                               f"open at the broker") from exc
+        try:
+            state = broker.order_status(order_id)
+        except BrokerUnavailable:
+            state = None
+        except BrokerAuthFailed as exc:
+            raise OrderUnknown(f"LIMIT order {order_id}: its state cannot be read ({exc})") from exc
+        if state is not None and state.final:
+            log.info("order already final: following it", extra=_ctx(
+                event, strategy, broker_order_id=order_id, status=state.status, filled=state.filled_quantity))
+            return
+        if time.monotonic() >= deadline:
+            log.error("limit order not turned to MARKET: following it as it is", extra=_ctx(
+                event, strategy, broker_order_id=order_id))
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
 
 
 def _look_up(broker: Broker, event: Event, strategy: Strategy, known: set[str]) -> OrderState | None:
@@ -246,13 +375,14 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
             for doubt in [r for r in rows if r.status in IN_DOUBT]:
                 found = _settle_doubt(broker, event, strategy, doubt, held, rows)
                 if found is not None:
-                    state = found if found.final else follow(broker, found.order_id, event, strategy)
+                    state = found if found.final else follow(broker, found.order_id, event, strategy, request)
                     return state, doubt, "found by tag after an unanswered attempt"
             attempts = len(rows)
             if attempts >= config["ORDER_ATTEMPTS"] and not is_exit:
                 raise OrderFailed(f"{request.side} failed after {attempts} attempts: "
                                   f"{rows[-1].error if rows else 'no attempt made'}")
             if attempts:
+                request = request_for(strategy, event, request.side, request.quantity)  # a LIMIT at today's price
                 if is_exit and tell is not None and _failed_attempts(rows) == 1 and not rows[-1].filled_quantity:
                     tell(f"Exit not done yet ({rows[-1].error or rows[-1].status}): trying again until it is, "
                          f"or until the market shuts for {strategy.product}.")
@@ -314,7 +444,8 @@ def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderReques
     """One placement on a claimed row: its final state, or None when the broker did not take it (the row
     then says whether it surely did not, ERROR, or may have, TIMEOUT)."""
     log.info("placing order", extra=_ctx(event, strategy, side=request.side, quantity=request.quantity,
-                                          attempt=row.attempt))
+                                          attempt=row.attempt, order_type=request.order_type,
+                                          **({"limit": str(request.price)} if request.order_type == LIMIT else {})))
     try:
         order_id = broker.place_order(request)
     except OrderRejected as exc:
@@ -329,7 +460,7 @@ def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderReques
                     extra=_ctx(event, strategy, attempt=row.attempt, error=str(exc)))
         return None
     row.broker_order_id = order_id
-    state = follow(broker, order_id, event, strategy)
+    state = follow(broker, order_id, event, strategy, request)
     log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
                                        filled=state.filled_quantity, price=str(state.average_price),
                                        attempt=row.attempt))
