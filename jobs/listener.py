@@ -2,11 +2,14 @@
 index, refreshed by "runtime changed" messages; the messages are numbered, and a gap, or a counter that went
 back after a Redis wipe, triggers a full resync, as does a slow periodic timer, so a missed message heals),
 keeps the feed subscribed to exactly the instruments they need, records last prices, and turns the first
-breaching tick into one STOPLOSS event on the priority queue.
+tick that crosses a held position's stop-loss into one STOPLOSS event on the priority queue, and the first
+that reaches its target into one TARGET (the stop wins when one tick crosses both). A trailing stop moves
+here, at tick speed, with the rules of webapp/engine/exits.py: each move is indexed at once and written
+(coalesced, in the 100 ms price flush) to the runtime hash's trail_stop and the run's stop-moves series.
 
-A fired stop is not forgotten: a strategy still in position STOPLOSS_REFIRE_SECONDS later (its job lost in
+A fired exit (STOPLOSS or TARGET) is not forgotten: a strategy still in position STOPLOSS_REFIRE_SECONDS later (its job lost in
 a Redis wipe, its worker killed, the job failed) is fired again with the same event id while the price is
-still at or beyond its stop, the pause doubling up to STOPLOSS_REFIRE_MAX_SECONDS. The engine keeps that to
+still at or beyond its level, the pause doubling up to STOPLOSS_REFIRE_MAX_SECONDS. The engine keeps that to
 one exit: an exit already recorded makes a duplicate, and one in flight holds the strategy's lock.
 
 An instrument held in position with no ticks for FEED_STALE_SECONDS (or no feed at all: Kite mode with no
@@ -31,9 +34,10 @@ from flask import Flask
 from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
-from webapp.engine import dispatch
-from webapp.engine.events import FAIL, STOPLOSS, Event, event_id
-from webapp.engine.stop_index import StopIndex
+from webapp.engine import dispatch, exits, runtime
+from webapp.engine import exit_index as ix
+from webapp.engine.events import FAIL, STOPLOSS, TARGET, Event, event_id
+from webapp.engine.exit_index import ExitIndex
 from webapp.brokers import updates
 from webapp.brokers.kite import order_state
 from webapp.feeds import Instrument, MarketFeed, Tick, get_feed
@@ -49,26 +53,89 @@ CHART_MAX_POINTS = 12_000
 CHART_TRIM_SECONDS = 60.0  # trimming and expiring a series now and then keeps the flush to one write a symbol
 SEQUENCE_CHECK_SECONDS = 1.0
 HEARTBEAT_TTL_SECONDS = 10
+STOP_MOVES_TTL_SECONDS = 2 * 24 * 3600
+# What the listener reads of a runtime hash: the run's exit levels (resolved by the engine at the entry
+# fill, '' before it) and the stop it has trailed to itself.
+LEVEL_FIELDS = ("entry_price", "direction", "stop_price", "target_price", "trail_every", "trail_by", "breakeven_at",
+                runtime.TRAIL_STOP)
+
+
+@dataclass(slots=True)
+class Watch:
+    """A held position's exits as the listener watches them, in floats (compared on every tick). Only the
+    feed and quote threads change it, under the listener's lock."""
+    direction: str
+    entry: float
+    initial: float  # the stop resolved at the entry fill
+    stop: float  # the stop in force: the initial one, or where it has trailed to; it only ever tightens
+    target: float | None
+    trail_every: float | None
+    trail_by: float | None
+    breakeven_at: float | None
+    best: float  # the furthest price in the trader's favour known since entry
+
+    @property
+    def trails(self) -> bool:
+        return bool(self.trail_every and self.trail_by) or self.breakeven_at is not None
 
 
 @dataclass(frozen=True)
 class Member:
     strategy_id: int
     instrument: Instrument
-    stop: float
     status: str
     run_id: int
     account_id: int | None  # its broker account: whose session may quote it when ticks stop
+    watch: Watch | None = None  # None until the entry has filled (the levels are resolved from the fill)
 
 
 @dataclass
 class Fired:
-    """A STOPLOSS sent and not yet seen through (the strategy is still in position)."""
+    """A STOPLOSS or TARGET sent and not yet seen through (the strategy is still in position)."""
     event: Event
     key: str  # its instrument
-    stop: float
+    direction: str
+    level: float  # the stop or the target it crossed
     attempt: int  # 1: the first fire
-    due: float  # monotonic: from then on it is fired again while the price is at or beyond the stop
+    due: float  # monotonic: from then on it is fired again while the price is at or beyond the level
+
+
+def _float(raw: bytes | None) -> float | None:
+    return float(raw) if raw else None
+
+
+def _watch(raw: list[bytes | None], fallback_stop: bytes | None) -> Watch | None:
+    """From a runtime hash's LEVEL_FIELDS: None before the entry fill. A hash written before exit levels
+    existed (no stop_price field at all) was a long with a price stop: the strategy's stop_loss."""
+    entry, direction, stop, target, every, by, breakeven, trailed = raw
+    if stop is None and fallback_stop:
+        stop, direction = fallback_stop, b"long"
+    if not stop:
+        return None
+    direction_ = (direction or b"long").decode()
+    initial = float(stop)
+    entry_ = float(entry) if entry else initial
+    watch = Watch(direction_, entry_, initial, initial, _float(target), _float(every), _float(by), _float(breakeven),
+                  entry_)
+    if trailed:
+        # Moved before a restart: never loosened. The best price reached is at least what that move needed.
+        watch.stop = exits.tighter(direction_, initial, float(trailed))
+        if watch.trail_every and watch.trail_by:
+            moves = int((watch.stop - initial) * exits.sign(direction_) / watch.trail_by + 1e-9)
+            watch.best = entry_ + exits.sign(direction_) * max(0, moves) * watch.trail_every
+    return watch
+
+
+def _merged(old: Member | None, new: Member) -> Member:
+    """The same run read again from Redis: its stop stays as tight as this listener already had it (a move
+    not yet flushed is newer than the hash)."""
+    if old is None or old.watch is None or new.watch is None or old.run_id != new.run_id:
+        return new
+    watch, mine = new.watch, old.watch
+    watch.stop = exits.tighter(watch.direction, watch.stop, mine.stop)
+    if (mine.best - watch.best) * exits.sign(watch.direction) > 0:
+        watch.best = mine.best
+    return new
 
 
 class Listener:
@@ -77,10 +144,11 @@ class Listener:
         self.conn = conn
         self.feed = feed
         self.lock = threading.Lock()  # guards the index and the price bookkeeping: feed, quote and main threads
-        self.index = StopIndex()
+        self.index = ExitIndex()
         self.members: dict[int, Member] = {}
         self.holders: Counter[str] = Counter()  # members per instrument: what the feed must be subscribed to
-        self.fired: dict[str, Fired] = {}  # by event id: STOPLOSS events sent for strategies still in position
+        self.fired: dict[str, Fired] = {}  # by event id: exits sent for strategies still in position
+        self.moved: dict[int, tuple[int, float, int]] = {}  # strategy → (run, stop, epoch ms): moves to write
         self.subscribed: dict[str, Instrument] = {}
         self.subscribed_at: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
@@ -101,70 +169,121 @@ class Listener:
 
     def on_ticks(self, ticks: list[Tick]) -> None:
         now = time.monotonic()
+        found: list[tuple[Member, Tick, str, float]] = []
         with self.lock:
             self.ticks += len(ticks)
+            pop = self.index.pop_crossed
             for tick in ticks:
                 key = tick.instrument.key
                 self.pending_prices[key] = self.prices[key] = tick.price
                 self.last_tick[key] = now
                 self.ticked.add(key)
-            breaches = self._breached(ticks)
-        if breaches:
-            self._fire(breaches, "tick")
+                crossed = pop(key, tick.price)  # nearly always [] at the cost of two comparisons
+                if crossed:
+                    self._crossed(tick, crossed, found)
+        if found:
+            self._fire(found, "tick")
 
     def on_quotes(self, ticks: list[Tick]) -> None:
-        """Prices from REST quotes: they check stops as ticks do, but say nothing about the feed's health.
+        """Prices from REST quotes: they check exits as ticks do, but say nothing about the feed's health.
         One is stored only when it is news: a paper quote is read from the very key the listener writes."""
         with self.lock:
             for tick in ticks:
                 key = tick.instrument.key
                 if self.prices.get(key) != tick.price:
                     self.pending_prices[key] = self.prices[key] = tick.price
-            breaches = self._breached(ticks)
-        if breaches:
-            self._fire(breaches, "quote")
+            found = self._check(ticks)
+        if found:
+            self._fire(found, "quote")
 
-    def _breached(self, ticks: list[Tick]) -> list[tuple[int, Tick, float]]:
+    def _check(self, ticks: Iterable[Tick]) -> list[tuple[Member, Tick, str, float]]:
         """Caller holds the lock."""
-        return [(strategy_id, tick, stop) for tick in ticks
-                for stop, strategy_id in self.index.pop_breached(tick.instrument.key, tick.price)]
+        found: list[tuple[Member, Tick, str, float]] = []
+        for tick in ticks:
+            crossed = self.index.pop_crossed(tick.instrument.key, tick.price)
+            if crossed:
+                self._crossed(tick, crossed, found)
+        return found
+
+    def _crossed(self, tick: Tick, crossed: list[tuple[int, int, float]],
+                 found: list[tuple[Member, Tick, str, float]]) -> None:
+        """Caller holds the lock. What a price crossed: a stop or a target is an exit (the stop first: one
+        exit a run), a trailing level moves the stop (which that same price may then cross)."""
+        kinds: dict[int, int] = {}
+        for sid, kind, _ in crossed:
+            kinds[sid] = kinds.get(sid, 0) | 1 << kind
+        price = tick.price
+        for sid, mask in kinds.items():
+            member = self.members.get(sid)
+            watch = member.watch if member is not None else None
+            if watch is None:
+                self.index.remove(sid)
+                continue
+            if mask & 1 << ix.STOP:
+                hit = (STOPLOSS, watch.stop)
+            elif mask & 1 << ix.TARGET:
+                hit = (TARGET, watch.target)
+            else:
+                self._move(member, watch, price)
+                if not exits.stop_hit(watch.direction, price, watch.stop):
+                    continue
+                hit = (STOPLOSS, watch.stop)
+            self.index.remove(sid)
+            found.append((member, tick, *hit))
+
+    def _move(self, member: Member, watch: Watch, price: float) -> None:
+        """Caller holds the lock. The price reached a trailing level: the stop moves (tighter only) and is
+        indexed where it now is, beside the next level at which it moves again."""
+        if (price - watch.best) * exits.sign(watch.direction) > 0:
+            watch.best = price
+        stop = round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, watch.best,
+                                      watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
+        if stop != watch.stop and exits.tighter(watch.direction, stop, watch.stop) == stop:
+            watch.stop = stop
+            self.index.set(member.instrument.key, member.strategy_id, ix.STOP,
+                           ix.RISE if watch.direction == exits.SHORT else ix.FALL, stop)
+            self.moved[member.strategy_id] = (member.run_id, stop, int(clock.epoch() * 1000))
+        self._index_trail(member, watch)
 
     def _catch_up(self, instruments: Iterable[Instrument]) -> None:
-        """Stops just (re)indexed that the last known price already breaches fire now, not on a next tick
-        that may be long in coming (a quiet stock, or no feed)."""
+        """Levels just (re)indexed that the last known price already crossed act now, not on a next tick
+        that may be long in coming (a quiet stock, or no feed): a stop or target fires, a trailing stop moves."""
         with self.lock:
-            breaches = self._breached([Tick(i, self.prices[i.key]) for i in instruments if i.key in self.prices])
-        if breaches:
-            self._fire(breaches, "last price")
+            found = self._check([Tick(i, self.prices[i.key]) for i in instruments if i.key in self.prices])
+        if found:
+            self._fire(found, "last price")
 
-    def _fire(self, breaches: list[tuple[int, Tick, float]], source: str) -> None:
+    def _fire(self, found: list[tuple[Member, Tick, str, float]], source: str) -> None:
         events, prices, armed = [], {}, []
         due = time.monotonic() + self._refire_pause(1)
         with self.lock:
-            for strategy_id, tick, stop in breaches:
-                member = self.members.get(strategy_id)
-                if member is None:
-                    continue
-                event = Event.for_run(STOPLOSS, strategy_id, member.run_id, price=f"{tick.price:.2f}")
+            for member, tick, kind, level in found:
+                current = self.members.get(member.strategy_id)
+                if current is None or current.run_id != member.run_id:
+                    continue  # stopped (or started again) meanwhile
+                event = Event.for_run(kind, member.strategy_id, member.run_id, price=f"{tick.price:.2f}")
                 events.append(event)
-                armed.append((event, tick.instrument.key, stop))
+                armed.append((event, member, level))
                 prices[keys.last_price(tick.instrument.exchange, tick.instrument.symbol)] = tick.price
-                self.fired[event.event_id] = Fired(event, tick.instrument.key, stop, 1, due)
-        for event, key, stop in armed:
-            log.info("stop-loss breached", extra={"event": STOPLOSS, "strategy_id": event.strategy_id,
-                                                  "event_id": event.event_id, "price": float(event.price),
-                                                  "stop": stop, "source": source})
+                self.fired[event.event_id] = Fired(event, tick.instrument.key, member.watch.direction, level, 1, due)
+        for event, member, level in armed:
+            log.info("stop-loss breached" if event.event == STOPLOSS else "target hit", extra={
+                "event": event.event, "strategy_id": event.strategy_id, "event_id": event.event_id,
+                "price": float(event.price), "stop" if event.event == STOPLOSS else "target": level,
+                "direction": member.watch.direction, "source": source})
         if not self._send(events, prices):
-            # Not sent: the stops go back in the index, so the next breaching price fires them again.
-            log.error("stop-loss not sent: redis unavailable; re-armed", extra={
-                "event": STOPLOSS, "strategy_ids": [e.strategy_id for e in events]})
+            # Not sent: the levels go back in the index, so the next crossing price fires them again.
+            log.error("exit not sent: redis unavailable; re-armed", extra={
+                "event": "listener_exit_not_sent", "strategy_ids": [e.strategy_id for e in events]})
             with self.lock:
-                for event, key, stop in armed:
+                for event, member, _ in armed:
                     self.fired.pop(event.event_id, None)
-                    self.index.add(key, event.strategy_id, stop)
+                    current = self.members.get(member.strategy_id)
+                    if current is not None and current.run_id == member.run_id:
+                        self._index(current)
 
     def _send(self, events: list[Event], prices: dict[str, float]) -> bool:
-        """One MULTI/EXEC: no worker can take the STOPLOSS before the breaching price is stored, so the
+        """One MULTI/EXEC: no worker can take the exit before the crossing price is stored, so the
         paper exchange fills the exit at that price. False when Redis did not take it."""
         try:
             pipe = self.conn.pipeline(transaction=True)
@@ -184,14 +303,14 @@ class Listener:
         return min(config["STOPLOSS_REFIRE_SECONDS"] * 2 ** (attempt - 1), config["STOPLOSS_REFIRE_MAX_SECONDS"])
 
     def _still_held(self, fired: Fired) -> bool:
-        """Caller holds the lock. The strategy is in position in the run the STOPLOSS was fired for."""
+        """Caller holds the lock. The strategy is in position in the run the exit was fired for."""
         member = self.members.get(fired.event.strategy_id)
         return member is not None and member.status == Status.IN_POSITION and member.run_id == fired.event.run_id
 
     def refire_due(self) -> None:
-        """Fires again, with the same event id, every STOPLOSS whose strategy is still in position past its
-        pause while the last price is at or beyond its stop. A price back above the stop fires nothing; the
-        first price at or beyond it again does, at once."""
+        """Fires again, with the same event id, every exit whose strategy is still in position past its
+        pause while the last price is at or beyond its level. A price back inside fires nothing; the first
+        price at or beyond the level again does, at once."""
         now = time.monotonic()
         again: list[tuple[Fired, float]] = []
         with self.lock:
@@ -202,7 +321,7 @@ class Listener:
                     del self.fired[event_id_]
                     continue
                 price = self.prices.get(fired.key)
-                if price is None or price > fired.stop:
+                if price is None or not _beyond(fired, price):
                     continue
                 fired.attempt += 1
                 fired.due = now + self._refire_pause(fired.attempt)
@@ -212,9 +331,10 @@ class Listener:
         prices = {}
         for fired, price in again:
             prices[keys.last_price(*fired.key.split(":", 1))] = price
-            log.warning("stop-loss fired again: still in position", extra={
-                "event": STOPLOSS, "strategy_id": fired.event.strategy_id, "event_id": fired.event.event_id,
-                "attempt": fired.attempt, "price": price, "stop": fired.stop,
+            stoploss = fired.event.event == STOPLOSS
+            log.warning(f"{'stop-loss' if stoploss else 'target'} fired again: still in position", extra={
+                "event": fired.event.event, "strategy_id": fired.event.strategy_id, "event_id": fired.event.event_id,
+                "attempt": fired.attempt, "price": price, "stop" if stoploss else "target": fired.level,
                 "next_in_seconds": self._refire_pause(fired.attempt)})
         self._send([fired.event for fired, _ in again], prices)  # not sent: its next turn tries again
 
@@ -227,46 +347,73 @@ class Listener:
         symbol_keys = list(self.conn.scan_iter(keys.symbol_index_pattern(), count=1000))
         pipe = self.conn.pipeline(transaction=False)
         for key in symbol_keys:
-            pipe.zrange(key, 0, -1, withscores=True)
-        stops = {int(sid): score for members in pipe.execute() for sid, score in members}
-        members = self._load(stops)
+            pipe.zrange(key, 0, -1)
+        members = self._load(list(dict.fromkeys(int(sid) for ids in pipe.execute() for sid in ids)))
         with self.lock:
+            members = {sid: _merged(self.members.get(sid), member) for sid, member in members.items()}
             self.members = members
             # A fired stop is kept only for a strategy still in position in the same run: it fires again
             # when due. Any other (an exit recorded, a new run, keys wiped) would only block a fresh one.
             self.fired = {eid: fired for eid, fired in self.fired.items() if self._still_held(fired)}
             self.holders = Counter(m.instrument.key for m in members.values())
-            self.index = StopIndex()
+            self.index = ExitIndex()
             for member in members.values():
                 self._index(member)
         self.sync_subscriptions(publish=True)
         self._catch_up({m.instrument.key: m.instrument for m in members.values()
                         if m.status == Status.IN_POSITION}.values())
 
-    def _load(self, stops: dict[int, float]) -> dict[int, Member]:
-        ids = list(stops)
+    def _load(self, ids: list[int]) -> dict[int, Member]:
         pipe = self.conn.pipeline(transaction=False)
         for sid in ids:
-            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id", "broker_account_id")
-            pipe.hget(keys.runtime(sid), "status")
+            pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id", "broker_account_id",
+                       "stop_loss")
+            pipe.hmget(keys.runtime(sid), "status", *LEVEL_FIELDS)
         replies = pipe.execute()
         members = {}
         for n, sid in enumerate(ids):
-            (exchange, symbol, token, run, account), status = replies[2 * n], replies[2 * n + 1]
+            (exchange, symbol, token, run, account, stop_loss), (status, *levels) = replies[2 * n], replies[2 * n + 1]
             if not (exchange and symbol and run and status):
                 continue  # being started or stopped right now; the next message or resync settles it
-            members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)), stops[sid],
-                                  status.decode(), int(run), int(account) if account else None)
+            members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)),
+                                  status.decode(), int(run), int(account) if account else None,
+                                  _watch(levels, stop_loss))
         return members
 
+    def _read_watch(self, sid: int) -> Watch | None:
+        """One strategy's levels, one round trip: its BUY filled, so the engine has just resolved them."""
+        raw = self.conn.hmget(keys.runtime(sid), *LEVEL_FIELDS)
+        return _watch(raw, None) if raw[2] is not None else None
+
+    def _fired_exit(self, member: Member) -> bool:
+        """Caller holds the lock."""
+        return any(event_id(kind, member.strategy_id, member.run_id) in self.fired for kind in (STOPLOSS, TARGET))
+
     def _index(self, member: Member) -> None:
-        """Caller holds the lock. Only a held position can be stopped out; one already fired is left to
+        """Caller holds the lock. Only a held position can exit; one whose exit already fired is left to
         refire_due, not fired again by every tick."""
-        fired = event_id(STOPLOSS, member.strategy_id, member.run_id) in self.fired
-        if member.status == Status.IN_POSITION and not fired:
-            self.index.add(member.instrument.key, member.strategy_id, member.stop)
+        watch = member.watch
+        sid = member.strategy_id
+        if member.status != Status.IN_POSITION or watch is None or self._fired_exit(member):
+            self.index.remove(sid)
+            return
+        key, short = member.instrument.key, watch.direction == exits.SHORT
+        self.index.set(key, sid, ix.STOP, ix.RISE if short else ix.FALL, watch.stop)
+        if watch.target is not None:
+            self.index.set(key, sid, ix.TARGET, ix.FALL if short else ix.RISE, watch.target)
         else:
-            self.index.remove(member.instrument.key, member.strategy_id)
+            self.index.discard(sid, ix.TARGET)
+        self._index_trail(member, watch)
+
+    def _index_trail(self, member: Member, watch: Watch) -> None:
+        """Caller holds the lock. The price at which the stop next moves, if it ever does."""
+        at = exits.next_move_at(watch.direction, watch.entry, watch.stop, watch.best, watch.trail_every,
+                                watch.trail_by, watch.breakeven_at) if watch.trails else None
+        if at is None:
+            self.index.discard(member.strategy_id, ix.TRAIL)
+        else:
+            self.index.set(member.instrument.key, member.strategy_id, ix.TRAIL,
+                           ix.FALL if watch.direction == exits.SHORT else ix.RISE, at)
 
     def on_message(self, message: dict) -> None:
         seq = int(message.get("seq", 0))
@@ -297,21 +444,24 @@ class Listener:
         if status in {s.value for s in RUNNING}:
             known = self.members.get(sid)
             if known is not None and status == Status.IN_POSITION and known.instrument.symbol == message.get("symbol"):
-                # The same run moved on (its BUY filled): instrument and stop are as loaded (a new run starts
-                # as waiting_entry, and a missed message means a resync, never this). No read and no
-                # subscription change: at the 09:15 herd this is a thousand messages in a second or two.
+                # The same run moved on (its entry filled): the instrument is as loaded (a new run starts as
+                # waiting_entry, and a missed message means a resync, never this); the levels the engine
+                # resolved from the fill are one HMGET. No subscription change: at the 09:15 herd this is
+                # a thousand messages in a second or two.
+                watch = self._read_watch(sid)
                 with self.lock:
-                    member = self.members[sid] = replace(known, status=status)
+                    member = self.members[sid] = _merged(self.members.get(sid, known),
+                                                         replace(known, status=status, watch=watch))
                     self._index(member)
                 self._catch_up([member.instrument])
                 return
             score = self.conn.zscore(keys.symbol_strategies(message.get("symbol") or ""), sid) \
                 if message.get("symbol") else None
-            loaded = self._load({sid: score}) if score is not None else {}
+            loaded = self._load([sid]) if score is not None else {}
             if not loaded:  # older message shape, or keys not yet written: the resync will settle it
                 return
-            member = loaded[sid]
             with self.lock:
+                member = _merged(self.members.get(sid), loaded[sid])
                 self._forget(sid)
                 self.members[sid] = member
                 self.holders[member.instrument.key] += 1
@@ -331,7 +481,7 @@ class Listener:
         """Caller holds the lock."""
         member = self.members.pop(sid, None)
         if member is not None:
-            self.index.remove(member.instrument.key, sid)
+            self.index.remove(sid)
             self.holders[member.instrument.key] -= 1
             if not self.holders[member.instrument.key]:
                 del self.holders[member.instrument.key]
@@ -385,12 +535,19 @@ class Listener:
     # --- housekeeping (main thread)
 
     def flush_prices(self) -> None:
+        """Last prices, chart samples and moved stops: one pipeline every PRICE_FLUSH_SECONDS."""
         with self.lock:
             prices, self.pending_prices = self.pending_prices, {}
             ticked, self.ticked = self.ticked, set()
-        if not prices:
+            moved, self.moved = self.moved, {}
+        if not prices and not moved:
             return
         pipe = self.conn.pipeline(transaction=False)
+        if moved:
+            self._write_moves(pipe, moved)
+        if not prices:
+            pipe.execute()
+            return
         now = time.monotonic()
         stamp, day = int(clock.epoch() * 1000), exchange_date(clock.now()).isoformat()
         # One MSET for every price: at 500 symbols a flush is one command, not 500, every 100 ms.
@@ -412,6 +569,17 @@ class Listener:
                     self.stale.pop(key, None)
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
+
+    def _write_moves(self, pipe: redis.client.Pipeline, moved: dict[int, tuple[int, float, int]]) -> None:
+        """Each strategy's last move since the previous flush, in one script call: runtime hash trail_stop
+        (where a restarted listener and recovery take the stop from) and the run's series for the chart.
+        Only into the run it was moved for: a hash gone (the run ended) or started again is left alone."""
+        names: list[str] = []
+        args: list[object] = [STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP]
+        for sid, (run, stop, stamp) in moved.items():
+            names += [keys.strategy(sid), keys.runtime(sid), keys.stop_moves(sid, run)]
+            args += [run, stop, f"{stamp}:{stop}"]
+        redis_client.script(pipe, _WRITE_MOVES)(keys=names, args=args, client=pipe)
 
     def check_health(self) -> None:
         """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS (every one, when
@@ -538,6 +706,26 @@ class Listener:
                 self.resync()
                 next_resync = now + resync_every
         messages.close()
+
+
+def _beyond(fired: Fired, price: float) -> bool:
+    if fired.event.event == STOPLOSS:
+        return exits.stop_hit(fired.direction, price, fired.level)
+    return exits.target_hit(fired.direction, price, fired.level)
+
+
+# KEYS: per move its strategy hash, runtime hash and series; ARGV: ttl, the field, then per move run, stop, point.
+_WRITE_MOVES = """
+local ttl, field = ARGV[1], ARGV[2]
+for i = 1, #KEYS, 3 do
+  local a = 3 + (i - 1)
+  if redis.call('HGET', KEYS[i], 'run_id') == ARGV[a] and redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    redis.call('HSET', KEYS[i + 1], field, ARGV[a + 1])
+    redis.call('RPUSH', KEYS[i + 2], ARGV[a + 2])
+    redis.call('EXPIRE', KEYS[i + 2], ttl)
+  end
+end
+"""
 
 
 def main() -> None:

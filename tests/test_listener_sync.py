@@ -11,7 +11,8 @@ from rq import Queue
 
 from jobs.listener import Listener
 from webapp import clock, keys
-from webapp.engine import runtime
+from webapp.engine import exits, runtime
+from webapp.engine.exit_index import STOP
 from webapp.feeds import Instrument, Tick
 from webapp.feeds.simulated import ScriptedFeed
 from webapp.market_calendar import exchange_date
@@ -28,11 +29,17 @@ def listener(app, redis_conn, tmp_path):  # type: ignore[no-untyped-def]
         yield watcher
 
 
-def held(strategy_id: int, stop: str = "1400") -> Strategy:
-    return Strategy(id=strategy_id, user_id=1, symbol="INFY", exchange="NSE", instrument_token=408065, quantity=1,
-                    buy_time="09:20:00", sell_time="15:00:00", stop_loss=Decimal(stop), status="in_position",
-                    position=1, last_action="BUY", entry_price=Decimal("1500"),
-                    run_date=exchange_date(clock.now()).isoformat(), run_id=strategy_id)
+def held(strategy_id: int, stop: str = "1400", **terms: object) -> Strategy:
+    """In position at 1500, its levels resolved as the engine does at the entry fill."""
+    strategy = Strategy(id=strategy_id, user_id=1, symbol="INFY", exchange="NSE", instrument_token=408065,
+                        quantity=1, buy_time="09:20:00", sell_time="15:00:00", stop_loss=Decimal(stop),
+                        status="in_position", position=1, last_action="BUY", entry_price=Decimal("1500"),
+                        run_date=exchange_date(clock.now()).isoformat(), run_id=strategy_id,
+                        **{"direction": "long", "stop_loss_type": "price", "target_type": None, "target": None,
+                           "trail_unit": None, "trail_every": None, "trail_by": None, "breakeven_at": None, **terms})
+    levels = exits.resolve(strategy, strategy.entry_price)
+    strategy.stop_price, strategy.target_price = levels.stop, levels.target
+    return strategy
 
 
 def test_a_message_that_never_arrived_is_noticed_by_the_counter_and_healed(listener, redis_conn):
@@ -41,7 +48,7 @@ def test_a_message_that_never_arrived_is_noticed_by_the_counter_and_healed(liste
     assert 7 not in listener.members
     listener.check_sequence()  # a second later nothing arrived for it: rebuild
     assert 7 in listener.members
-    assert listener.index.pop_breached("NSE:INFY", 1399.0) == [(1400.0, 7)]
+    assert listener.index.pop_crossed("NSE:INFY", 1399.0) == [(7, STOP, 1400.0)]
 
 
 def test_a_gap_in_the_numbers_rebuilds_at_once(listener, redis_conn):
@@ -121,3 +128,98 @@ def test_quotes_check_stops_but_do_not_make_a_stale_instrument_fresh(listener, r
     listener.on_ticks([Tick(INFY, 1401.0)])
     listener.flush_prices()
     assert "NSE:INFY" not in listener.stale
+
+
+def queued(redis_conn, queue: str = "stoploss") -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(event["event_id"], event["price"]) for job in Queue(queue, connection=redis_conn).get_jobs()
+            for event in job.args[0]]
+
+
+def test_a_target_fires_one_target_and_a_stop_crossed_on_the_same_run_fires_nothing_more(listener, redis_conn):
+    runtime.activate(redis_conn, held(7, target_type="price", target=Decimal("1600")))
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1599.95)])
+    assert queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1600.5), Tick(INFY, 1390.0)])  # the target, then the stop: one exit a run
+    assert queued(redis_conn) == [("7:TARGET:7", "1600.50")]
+    listener.fired["7:TARGET:7"].due = 0.0
+    listener.on_ticks([Tick(INFY, 1590.0)])  # back below the target: nothing fires again
+    listener.refire_due()
+    listener.on_ticks([Tick(INFY, 1605.0)])
+    listener.refire_due()
+    assert queued(redis_conn) == [("7:TARGET:7", "1600.50")] * 2  # the same event again, while at or beyond
+
+
+def test_a_short_stops_above_and_takes_its_target_below(listener, redis_conn):
+    runtime.activate(redis_conn, held(7, stop="1", direction="short", stop_loss_type="points"))  # stop 1501
+    runtime.activate(redis_conn, held(8, stop="2", direction="short", stop_loss_type="percent",
+                                      target_type="points", target=Decimal("50")))  # stop 1530, target 1450
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1460.0), Tick(INFY, 1500.9)])
+    assert queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1501.0)])
+    assert queued(redis_conn) == [("7:STOPLOSS:7", "1501.00")]
+    listener.on_ticks([Tick(INFY, 1449.0)])
+    assert queued(redis_conn)[1:] == [("8:TARGET:8", "1449.00")]
+
+
+def test_a_trailing_stop_moves_tighter_only_is_written_coalesced_and_survives_a_restart(app, listener, redis_conn,
+                                                                                       tmp_path):
+    # Stop 1400; every 10 points in favour the stop moves 5.
+    runtime.activate(redis_conn, held(7, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("5")))
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1509.0)])
+    assert listener.members[7].watch.stop == 1400.0
+    listener.on_ticks([Tick(INFY, 1510.0), Tick(INFY, 1525.0)])
+    assert listener.members[7].watch.stop == 1410.0
+    listener.on_ticks([Tick(INFY, 1500.0)])  # falling back never loosens it
+    assert listener.members[7].watch.stop == 1410.0
+    listener.flush_prices()
+    run = listener.members[7].run_id
+    assert redis_conn.hget(keys.runtime(7), runtime.TRAIL_STOP) == b"1410.0"
+    assert [p.split(b":")[1] for p in redis_conn.lrange(keys.stop_moves(7, run), 0, -1)] == [b"1410.0"]  # coalesced
+    assert 0 < redis_conn.ttl(keys.stop_moves(7, run)) <= 2 * 24 * 3600
+
+    listener.on_ticks([Tick(INFY, 1541.0)])  # moved to 1420, not yet flushed: a resync keeps the tighter stop
+    listener.resync()
+    assert listener.members[7].watch.stop == 1420.0
+    listener.flush_prices()
+
+    quiet = tmp_path / "quiet2.csv"
+    quiet.write_text("offset_seconds,symbol,price\n")
+    restarted = Listener(app, redis_conn, ScriptedFeed(quiet))
+    restarted.resync()
+    assert restarted.members[7].watch.stop == 1420.0  # the tighter of stop_price and trail_stop
+    restarted.on_ticks([Tick(INFY, 1551.0)])
+    assert restarted.members[7].watch.stop == 1425.0
+    restarted.on_ticks([Tick(INFY, 1425.0)])
+    assert queued(redis_conn) == [("7:STOPLOSS:7", "1425.00")]
+
+
+def test_waiting_entry_is_not_indexed_until_the_in_position_message_brings_its_levels(listener, redis_conn):
+    waiting = held(7, stop="1", stop_loss_type="percent", target_type="percent", target=Decimal("1"))
+    waiting.status, waiting.position, waiting.entry_price = "waiting_entry", 0, None
+    waiting.stop_price = waiting.target_price = None
+    runtime.activate(redis_conn, waiting)
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 7, "symbol": "INFY", "status": "waiting_entry"})
+    assert 7 in listener.members and 7 not in listener.index
+    listener.on_ticks([Tick(INFY, 1520.0)])  # the last price, before the fill
+    filled = held(7, stop="1", stop_loss_type="percent", target_type="percent", target=Decimal("1"))
+    runtime.update(redis_conn, filled)  # its BUY filled at 1500: stop 1485, target 1515
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 7, "symbol": "INFY", "status": "in_position"})
+    # The last known price is already past the target: it fires without waiting for a tick.
+    assert queued(redis_conn) == [("7:TARGET:7", "1520.00")]
+
+
+def test_a_trailing_level_the_last_price_already_passed_moves_the_stop_at_once(listener, redis_conn):
+    runtime.activate(redis_conn, held(7, stop="1400"))  # keeps INFY subscribed
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1480.0)])
+    # A short at 1500 stopped 10 points above; every 10 points in favour the stop comes down 10.
+    runtime.activate(redis_conn, held(8, stop="10", stop_loss_type="points", direction="short",
+                                      trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10")))
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 8, "symbol": "INFY", "status": "in_position"})
+    assert listener.members[8].watch.stop == 1490.0  # 20 in favour already: two moves
+    assert queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1490.0)])
+    assert queued(redis_conn) == [("8:STOPLOSS:8", "1490.00")]

@@ -88,3 +88,9 @@ def instruments_cache(exchange: str, day: str) -> str:
 def ticks(exchange: str, symbol: str, day: str) -> str:
     """Today's price samples for the chart: a list of "epoch_ms:price", oldest first."""
     return f"{PREFIX}ticks:{exchange}:{symbol}:{day}"
+
+
+def stop_moves(strategy_id: int, run_id: int) -> str:
+    """One run's trailing stop as the listener moved it, for the chart: a list of "epoch_ms:price", oldest
+    first (the stop resolved at the entry fill is the run's stop_price, not in here)."""
+    return f"{PREFIX}stop-moves:{strategy_id}:{run_id}"
