@@ -15,6 +15,7 @@ from flask import Flask
 from redis.exceptions import WatchError
 from rq.job import Job
 
+from jobs import risk_watch
 from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
 from webapp import clock, create_app, keys, redis_client
@@ -100,6 +101,7 @@ def reconciling(app: Flask, stop: list[bool]) -> None:
 
 def run(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:
     threading.Thread(target=reconciling, args=(app, stop), name="reconciler", daemon=True).start()
+    threading.Thread(target=risk_watch.watching, args=(app, stop), name="risk", daemon=True).start()
     keep_running("scheduler", lambda: _move_triggers(conn, stop), stop)
 
 

@@ -117,6 +117,11 @@ class Config:
         # An exit keeps trying until it is done or its market shuts; its pauses grow to this.
         self.EXIT_RETRY_MAX_SECONDS = float(os.environ.get("EXIT_RETRY_MAX_SECONDS", "30"))
         self.RECONCILE_SECONDS = float(os.environ.get("RECONCILE_SECONDS", "30"))
+        # Risk limits (webapp/services/risk.py): how often the scheduler's risk watcher totals each user's day
+        # (realised + open positions at the last price) against their daily loss limit, during market hours;
+        # and how long it waits for a user's START to finish (keys.user_lock) before halting them anyway.
+        self.RISK_CHECK_SECONDS = float(os.environ.get("RISK_CHECK_SECONDS", "1"))
+        self.RISK_LOCK_WAIT_SECONDS = float(os.environ.get("RISK_LOCK_WAIT_SECONDS", "2"))
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
     def as_dict(self) -> dict:

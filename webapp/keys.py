@@ -94,3 +94,9 @@ def stop_moves(strategy_id: int, run_id: int) -> str:
     """One run's trailing stop as the listener moved it, for the chart: a list of "epoch_ms:price", oldest
     first (the stop resolved at the entry fill is the run's stop_price, not in here)."""
     return f"{PREFIX}stop-moves:{strategy_id}:{run_id}"
+
+
+def user_lock(user_id: int) -> str:
+    """Held while a user's START counts their running strategies and commits its run, and while the risk
+    watcher halts the user (webapp/services/risk.py): one user's STARTs and halt are taken one at a time."""
+    return f"{PREFIX}user:{user_id}:lock"

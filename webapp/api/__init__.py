@@ -73,3 +73,4 @@ def json_body() -> dict:
 
 
 from webapp.api import routes  # noqa: E402,F401  (registers the routes on bp)
+from webapp.api import risk  # noqa: E402,F401  (GET/PUT /api/v1/risk)
