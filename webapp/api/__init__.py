@@ -74,3 +74,4 @@ def json_body() -> dict:
 
 from webapp.api import routes  # noqa: E402,F401  (registers the routes on bp)
 from webapp.api import risk  # noqa: E402,F401  (GET/PUT /api/v1/risk)
+from webapp.api import history  # noqa: E402,F401  (run history and CSV exports)

@@ -144,3 +144,5 @@ def delete(strategy_id: int):  # type: ignore[no-untyped-def]
         return go_to(url_for("strategies.detail", strategy_id=strategy_id))
     flash("Strategy deleted.", "success")
     return go_to(url_for("strategies.index"))
+
+from webapp.strategies import history  # noqa: E402,F401  (run history and CSV exports, on bp)
