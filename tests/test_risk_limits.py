@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from rq import Queue
 from sqlalchemy import event, select
 
 from tests.conftest import wait_for
@@ -58,6 +59,7 @@ def test_hitting_the_daily_loss_limit_stops_and_squares_off_every_strategy_of_th
     processes.env = {**processes.env, "RISK_CHECK_SECONDS": "0.5"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
+    processes.start("scheduler2", "jobs.scheduler")  # two watchers: one halt, one STOP per strategy
     page = app.test_client()
     browser_login(page, "loser@example.com")  # the halted user's browser, for the banner
     token = client.post("/api/v1/auth/login", json={"email": "loser@example.com", "password": PASSWORD}).json["token"]
@@ -73,6 +75,9 @@ def test_hitting_the_daily_loss_limit_stops_and_squares_off_every_strategy_of_th
     for sid in mine:
         assert wait_status(client, loser, sid, "in_position")["entry_price"] == str(ENTRY)
     wait_status(client, other, theirs, "in_position")
+    with app.app_context():  # deployed for recurring runs: the halt is for the day, it stays deployed
+        db.session.get(Strategy, mine[0]).deployed = True
+        db.session.commit()
     assert client.get("/api/v1/risk", headers=loser).json["halt"] is None
 
     # INFY falls to 1450: (1450 − 1520.35) × 10 × 3 = −2,110.50, past the −2,000 limit; the other user's
@@ -102,7 +107,9 @@ def test_hitting_the_daily_loss_limit_stops_and_squares_off_every_strategy_of_th
         assert len(audits) == 1 and audits[0].subject_user_id == user.id and audits[0].severity == "critical"
         assert audits[0].detail["pnl"] == "-2110.50" and audits[0].detail["daily_loss_limit"] == "2000.00"
         assert audits[0].detail["open_positions"] == 3
-    critical = [e for e in log_entries(processes, "scheduler") if e.get("msg") == "daily loss limit hit"]
+        assert db.session.get(Strategy, mine[0]).deployed
+    critical = [e for name in ("scheduler", "scheduler2") for e in log_entries(processes, name)
+                if e.get("msg") == "daily loss limit hit"]
     assert len(critical) == 1 and critical[0]["level"] == "CRITICAL" and critical[0]["pnl"] == "-2110.50"
     assert sorted(critical[0]["strategies_stopped"]) == sorted(mine)
 
@@ -164,7 +171,7 @@ def test_day_pnl_sums_finished_and_open_runs_of_the_day_in_either_direction_in_a
 
         def user_with_runs(n: int, limit: str | None = "500") -> User:
             user = User(email=f"u{n}@example.com", daily_loss_limit=Decimal(limit) if limit else None)
-            user.set_password(PASSWORD)
+            user.password_hash = "not-a-hash"  # never logs in
             db.session.add(user)
             db.session.flush()
             # A long run finished today: bought 10 at 100, sold 10 at 90 (−100).
@@ -252,3 +259,39 @@ def test_risk_settings_page_and_api_refuse_bad_values_field_by_field(app, client
     cleared = client.put("/api/v1/risk", json={"daily_loss_limit": None}, headers={"X-CSRFToken": token}).json
     assert cleared["daily_loss_limit"] is None and cleared["max_open_positions"] == 3
     assert client.put("/api/v1/risk", json={"daily_loss_limit": "1"}).status_code == 400  # no CSRF token
+
+
+def test_a_second_halt_is_refused_by_the_database_and_a_start_that_raced_the_halt_is_stopped(app, client, redis_conn):
+    """Two watchers reaching the same verdict: the DayHalt is unique per user and day, so one acts. A START
+    that committed after the halt's sweep (it outwaited the user's lock) is stopped by the next round."""
+    headers = trader(client, "raced@example.com")
+    sid = api_strategy(client, headers, buy_time="11:00", sell_time="15:00")
+    start(client, headers, sid)
+    with app.app_context():
+        user = db.session.scalar(select(User).where(User.email == "raced@example.com"))
+        pnl = risk.DayPnl(user.id, risk.trading_day(clock.now()), Decimal("100"), realised=Decimal("-150"))
+        db.session.get(Strategy, sid).stop_requested_at = clock.now()  # as if the first halt's sweep had it
+        db.session.commit()
+        assert risk.halt(pnl, clock.now(), redis_conn) is not None
+        assert risk.halt(pnl, clock.now(), redis_conn) is None  # the second watcher
+        assert len(db.session.scalars(select(AuditEvent).where(AuditEvent.action == "daily_loss_limit_hit")).all()) == 1
+        assert Queue("stoploss", connection=redis_conn).count == 0  # a STOP was asked for already: none again
+
+    late = api_strategy(client, headers, buy_time="11:00", sell_time="15:00")
+    with app.app_context():  # a START that raced the halt: its run committed after the halt's sweep
+        strategy = db.session.get(Strategy, late)
+        run = Run(strategy_id=late, run_date=risk.trading_day(clock.now()))
+        db.session.add(run)
+        db.session.flush()
+        strategy.status, strategy.run_id, strategy.run_date = "waiting_entry", run.id, run.run_date
+        db.session.commit()
+    with app.app_context():
+        assert risk.check(clock.now(), redis_conn) == []  # nobody newly halted, but the late run is swept
+        strategy = db.session.get(Strategy, late)
+        assert strategy.stop_requested_at is not None
+    jobs = Queue("stoploss", connection=redis_conn).jobs
+    assert [e["event_id"] for job in jobs for e in job.args[0]] == [f"{late}:STOP:{strategy.run_id}"]
+    assert jobs[0].args[0][0]["reason"].startswith("Daily loss limit hit at ")
+    with app.app_context():
+        risk.check(clock.now(), redis_conn)
+    assert Queue("stoploss", connection=redis_conn).count == 1  # once

@@ -172,11 +172,18 @@ def _totals(day: str, runs: dict[int, _RunRows], prices: dict[tuple[str, str], D
     return users
 
 
-def day_pnl(user: User, day: str, conn: redis.Redis | None = None) -> DayPnl:
-    """One user's P&L for one IST trading day ("YYYY-MM-DD"): one query and one Redis round trip."""
-    conn = conn or redis_client.current()
+def day_pnl(user: User, day: str, conn: redis.Redis | None = None, without_redis: bool = False) -> DayPnl:
+    """One user's P&L for one IST trading day ("YYYY-MM-DD"): one query and one Redis round trip.
+    without_redis: while Redis cannot answer, open positions are left out (listed as unpriced) instead of
+    raising (pages; never the watcher or START)."""
     runs = _run_rows(day, [user.id])
-    result = _totals(day, runs, _last_prices(conn, runs.values()))
+    try:
+        prices = _last_prices(conn or redis_client.current(), runs.values())
+    except redis.RedisError:
+        if not without_redis:
+            raise
+        prices = {}
+    result = _totals(day, runs, prices)
     return result.get(user.id) or DayPnl(user.id, day, user.daily_loss_limit)
 
 
@@ -361,7 +368,7 @@ def describe(user: User, now: datetime | None = None) -> dict:
     """The user's limits, today's P&L against them, and today's halt (the settings page and the API)."""
     now = now or clock.now()
     day = trading_day(now)
-    pnl = day_pnl(user, day)
+    pnl = day_pnl(user, day, without_redis=True)
     pnl.limit = user.daily_loss_limit
     halted = halt_for(user.id, day)
     return {
