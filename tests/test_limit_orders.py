@@ -5,18 +5,18 @@ always MARKET. The paper exchange and the fake Kite (the real kiteconnect client
 their modification; the engine runs in its real worker and scheduler processes."""
 from __future__ import annotations
 
+import json
 import time
 from decimal import Decimal
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, orders, run_event, started_strategy, trader, wait_status
-from tests.fake_kite import Account, FakeKite
+from tests.engine_helpers import broker_orders, orders, run_event, seconds_ahead, start, trader, wait_status
+from tests.fake_kite import FakeKite
 from tests.helpers import api_register, api_strategy, db_update
-from tests.engine_helpers import start, seconds_ahead
 from webapp import keys
-from webapp.engine.events import BUY, order_tag
+from webapp.engine.events import BUY, STOP, order_tag
 from webapp.models import Strategy
 
 pytestmark = pytest.mark.slow
@@ -113,3 +113,136 @@ class TestPaperLimit:
             final = wait_for(lambda: (s := broker.order_status(away)).final and s, timeout=5)
             assert (final.status, final.filled_quantity, final.average_price) == ("COMPLETE", 10, Decimal("1498.80"))
             assert broker.net_quantity("NSE", "INFY", "MIS") == 0  # bought 10, sold 10
+
+    def test_a_fill_that_races_the_modification_is_followed_not_replaced(self, app, redis_conn):
+        """The exchange fills the LIMIT just before the modification reaches it: the modification is refused
+        (the order is COMPLETE) and the order is followed to that fill. Nothing else is placed."""
+        from webapp.brokers import get_broker
+        from webapp.engine.events import Event
+        from webapp.engine.orders import follow, request_for
+
+        price = keys.last_price("NSE", "INFY")
+        strategy = Strategy(id=9, user_id=1, exchange="NSE", symbol="INFY", product="MIS", quantity=10,
+                            order_type="LIMIT", limit_buffer_pct=None, limit_wait_seconds=1, algo_id=None)
+        event = Event.for_run(BUY, 9, 1)
+        with app.app_context():
+            paper = get_broker("paper", 1)
+            redis_conn.set(price, "1500.00")
+            request = request_for(strategy, event, "BUY", 10)
+            redis_conn.set(price, "1600.00")  # moved away: the LIMIT at 1501.50 rests
+            order_id = paper.place_order(request)
+            refused = []
+
+            class Racing:
+                def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+                    return getattr(paper, name)
+
+                def modify_to_market(self, order_id: str, market_protection: float) -> None:
+                    redis_conn.set(price, "1500.00")  # back to the limit: it fills first
+                    wait_for(lambda: paper.order_status(order_id).final, timeout=5)
+                    try:
+                        paper.modify_to_market(order_id, market_protection)
+                    except Exception as exc:
+                        refused.append(exc)
+                        raise
+
+            state = follow(Racing(), order_id, event, strategy, request)
+        assert (state.status, state.filled_quantity, state.average_price) == ("COMPLETE", 10, Decimal("1500.00"))
+        assert [type(e).__name__ for e in refused] == ["OrderNotModifiable"]
+        [order] = paper_orders(redis_conn, event.event_id)
+        assert (order["order_type"], order.get("modified")) == ("LIMIT", None)
+
+
+# --- the engine, in paper mode, through its real processes ------------------------------------------
+def log_lines(processes, name: str, msg: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    found = []
+    for line in processes.log(name).splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == msg:
+            found.append(entry)
+    return found
+
+
+def test_a_marketable_limit_entry_fills_at_once_and_a_stop_goes_at_market(app, client, processes, redis_conn):
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "limit1@example.com")
+    redis_conn.set(keys.last_price("NSE", "INFY"), "1500.00")  # the listener's last tick (no feed runs here)
+    sid = limit_strategy(app, client, headers, buy_in=2, sell_in=120)
+    held = wait_status(client, headers, sid, "in_position")
+    assert held["position"] == 10 and Decimal(str(held["entry_price"])) == Decimal("1500.00")
+    [order] = paper_orders(redis_conn, run_event(BUY, sid).event_id)
+    assert (order["order_type"], order["limit_price"], order.get("modified")) == ("LIMIT", "1501.50", None)
+    assert client.post(f"/api/v1/strategy/{sid}/stop", headers=headers).status_code == 202
+    wait_status(client, headers, sid, "stopped")
+    [stop] = paper_orders(redis_conn, run_event(STOP, sid).event_id)
+    assert (stop["order_type"], stop["limit_price"], stop["side"]) == ("MARKET", "", "SELL")
+    assert not log_lines(processes, "worker", "limit order unfilled after its wait: turning it to MARKET")
+
+
+def test_an_unfilled_limit_entry_is_modified_to_market_and_fills(app, client, processes, redis_conn):
+    """The price moves away between the order's pricing and its fill time: the LIMIT stays OPEN, and after
+    its wait the same order is modified to MARKET and fills at the new price. One order at the broker."""
+    processes.env = {**processes.env, "PAPER_FILL_MS": "800"}
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "limit2@example.com")
+    price = keys.last_price("NSE", "INFY")
+    redis_conn.set(price, "1500.00")
+    sid = limit_strategy(app, client, headers, buy_in=2, sell_in=120, limit_wait_seconds=2)
+    event = run_event(BUY, sid)
+    wait_for(lambda: broker_orders(redis_conn, event.event_id) == 1, timeout=10, what="the LIMIT at the broker")
+    redis_conn.set(price, "1600.00")  # before its fill time: the limit (1501.50) is not reached
+    held = wait_status(client, headers, sid, "in_position", timeout=15)
+    assert held["position"] == 10 and Decimal(str(held["entry_price"])) == Decimal("1600.00")
+    [order] = paper_orders(redis_conn, event.event_id)
+    assert (order["order_type"], order["limit_price"], order["modified"], order["market_protection"]) == (
+        "MARKET", "1501.50", "1", "-1")
+    assert broker_orders(redis_conn, event.event_id) == 1
+    assert [(o["event"], o["status"], o["filled_quantity"]) for o in orders(client, headers, sid)] == [
+        ("BUY", "COMPLETE", 10)]
+    [modified] = log_lines(processes, "worker", "limit order modified to MARKET")
+    assert (modified["strategy_id"], modified["event_id"]) == (sid, event.event_id)
+
+
+# --- the fake Kite, through the real kiteconnect client ---------------------------------------------
+class TestKiteLimit:
+    @pytest.fixture
+    def fake(self):  # type: ignore[no-untyped-def]
+        with FakeKite(stall_seconds=2.5, latency=0.02, fill_delay=0.2) as kite:
+            yield kite
+
+    @pytest.fixture
+    def app_overrides(self, fake) -> dict:  # type: ignore[no-untyped-def]
+        return {"BROKER": "kite", "FEED": "kite", "KITE_API_ROOT": fake.rest_url, "KITE_TICKER_ROOT": fake.ws_url,
+                "KITE_LOGIN_URL": fake.login_url, "KITE_TIMEOUT_SECONDS": 1.0, "KITE_FEED_API_KEY": fake.api_key,
+                "KITE_FEED_ACCESS_TOKEN": fake.access_token, "TRADING_CALENDAR": "always"}
+
+    def test_the_modification_carries_market_and_its_protection_and_a_500_is_retried_not_replaced(
+            self, app, client, fake, processes, redis_conn):
+        processes.start("worker", "jobs.worker")
+        processes.start("scheduler", "jobs.scheduler")
+        headers = api_register(client, "klimit@example.com")
+        account = fake.account
+        assert client.post("/api/v1/broker/connect", headers=headers, json={
+            "api_key": account.api_key, "api_secret": account.api_secret,
+            "access_token": account.access_token}).status_code == 200
+        redis_conn.set(keys.last_price("NSE", "INFY"), "1500.00")  # the last tick the listener stored
+        fake.set_price("NSE", "INFY", 1600.0)  # Kite's market has moved on: the LIMIT at 1501.50 rests
+        fake.fail_next(1, status=500, method="PUT", path="/orders/")  # the first modification answers 500
+        sid = limit_strategy(app, client, headers, buy_in=2, sell_in=120, limit_wait_seconds=1)
+        held = wait_status(client, headers, sid, "in_position", timeout=15)
+        assert held["position"] == 10 and Decimal(str(held["entry_price"])) == Decimal("1600.00")
+        [placement] = fake.placements  # one order placed, whatever the modification met
+        assert (placement["params"]["order_type"], placement["params"]["price"],
+                placement["params"].get("market_protection")) == ("LIMIT", "1501.5", None)
+        assert [r.status for r in fake.requests if r.method == "PUT"] == [500, 200]
+        assert [(m["order_id"], m["params"]["order_type"], m["params"]["market_protection"], m["outcome"])
+                for m in fake.modifications] == [(placement["order_id"], "MARKET", "-1", "modified")]
+        [order] = fake.orders
+        assert (order["order_type"], order["status"], order["filled_quantity"], order["market_protection"]) == (
+            "MARKET", "COMPLETE", 10, -1)
+        assert log_lines(processes, "worker", "modification to MARKET failed: trying again")

@@ -295,7 +295,9 @@ class PaperBroker:
         now = clock.epoch()
         outcome, status = (x.decode() for x in redis_client.script(self.conn, _MODIFY)(
             keys=[keys.paper_order(order_id), keys.paper_followup_faults()],
-            args=[int(now * 1000), int(self.timing.fill_ms), market_protection], client=self.conn))
+            args=[int(now * 1000), int(self.timing.fill_ms),
+                  int(market_protection) if float(market_protection).is_integer() else market_protection],
+            client=self.conn))
         if outcome == "error500":
             raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
         if outcome == "missing":
