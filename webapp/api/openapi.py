@@ -38,12 +38,31 @@ ACCOUNT = {
 }
 STATUS = {
     "type": "string",
-    "enum": ["created", "waiting_entry", "in_position", "completed", "stopped_loss", "stopped", "failed", "killed"]
+    "enum": ["created", "waiting_entry", "in_position", "completed", "stopped_loss", "target_hit", "stopped", "failed",
+             "killed"]
 }
+# The exit terms ("More options" on the form). Amounts are decimal strings; percent and points are taken
+# from the entry fill when it happens.
+DIRECTION = {"type": "string", "enum": ["long", "short"],
+             "description": "long: BUY at buy_time, SELL at sell_time; short: SELL first, BUY back (MIS only)"}
+STOP_LOSS_TYPE = {"type": "string", "enum": ["price", "percent", "points"],
+                  "description": "stop_loss as a price, or percent / points away from the entry fill"}
+TARGET_TYPE = {"type": "string", "nullable": True, "enum": ["price", "percent", "points", None],
+               "description": "null: no target"}
+TRAIL_UNIT = {"type": "string", "nullable": True, "enum": ["points", "percent", None],
+              "description": "the unit of trail_every, trail_by and breakeven_at; null when none is set"}
+ORDER_TYPE = {"type": "string", "enum": ["MARKET", "LIMIT"],
+              "description": "LIMIT: priced limit_buffer_pct beyond the last price, turned into MARKET when "
+                             "unfilled after limit_wait_seconds"}
+WEEKDAYS = {"type": "string", "nullable": True, "pattern": "^[0-4]{0,5}$", "example": "01234",
+            "description": "recurring weekdays as digits, Monday = 0; null: one day per START"}
+AMOUNT_OUT = {"type": "string", "nullable": True, "description": "a decimal string (rupees, points or percent)"}
 STRATEGY = {
     "type": "object",
     "required": ["id", "name", "symbol", "exchange", "product", "quantity", "buy_time", "sell_time",
-                 "stop_loss", "algo_id", "status", "status_reason", "position", "entry_price", "needs_attention",
+                 "stop_loss", "algo_id", "direction", "stop_loss_type", "target_type", "target", "trail_unit",
+                 "trail_every", "trail_by", "breakeven_at", "order_type", "limit_buffer_pct", "limit_wait_seconds",
+                 "weekdays", "deployed", "status", "status_reason", "position", "entry_price", "needs_attention",
                  "created_at"],
     "properties": {
         "id": {"type": "integer"},
@@ -56,6 +75,19 @@ STRATEGY = {
         "sell_time": TIME,
         "stop_loss": {"type": "string", "description": "rupees, as a decimal string"},
         "algo_id": {"type": "string", "nullable": True},
+        "direction": DIRECTION,
+        "stop_loss_type": STOP_LOSS_TYPE,
+        "target_type": TARGET_TYPE,
+        "target": AMOUNT_OUT,
+        "trail_unit": TRAIL_UNIT,
+        "trail_every": AMOUNT_OUT,
+        "trail_by": AMOUNT_OUT,
+        "breakeven_at": AMOUNT_OUT,
+        "order_type": ORDER_TYPE,
+        "limit_buffer_pct": {"type": "string", "nullable": True, "description": "percent, LIMIT only"},
+        "limit_wait_seconds": {"type": "integer", "nullable": True, "minimum": 1, "maximum": 60},
+        "weekdays": WEEKDAYS,
+        "deployed": {"type": "boolean", "description": "runs on its weekdays until undeployed"},
         "status": STATUS,
         "status_reason": {"type": "string", "nullable": True},
         "position": {"type": "integer"},
@@ -111,6 +143,8 @@ ORDER = {
 }
 LIFECYCLE = {"type": "object", "required": ["message", "status"],
              "properties": {"message": {"type": "string"}, "status": STRATEGY_STATUS}}
+AMOUNT_IN = {"anyOf": [{"type": "number"}, {"type": "string", "nullable": True}],
+             "description": "> 0, at most 2 decimals; null or empty: not set"}
 STRATEGY_INPUT = {
     "type": "object",
     "required": ["name", "symbol", "quantity", "buy_time", "sell_time", "stop_loss"],
@@ -123,9 +157,26 @@ STRATEGY_INPUT = {
         "buy_time": TIME,
         "sell_time": TIME,
         "stop_loss": {"anyOf": [{"type": "number"}, {"type": "string"}],
-                      "description": "rupees, > 0, at most 2 decimals"},
+                      "description": "per stop_loss_type: rupees, percent (< 100 for a long) or points; > 0, at "
+                                     "most 2 decimals. A price stop must be below the last price for a long, "
+                                     "above it for a short"},
         "algo_id": {"type": "string", "nullable": True, "maxLength": 32,
                     "description": "the algo id this strategy's orders carry (default: the KITE_ALGO_ID setting)"},
+        "direction": {**DIRECTION, "default": "long"},
+        "stop_loss_type": {**STOP_LOSS_TYPE, "default": "price"},
+        "target_type": {**TARGET_TYPE, "default": None},
+        "target": {**AMOUNT_IN, "description": "required with a target_type; a price target must be beyond the "
+                                               "last price and the stop"},
+        "trail_unit": {"type": "string", "nullable": True, "enum": ["points", "percent", None], "default": "points"},
+        "trail_every": {**AMOUNT_IN, "description": "trailing: for every trail_every in favour ... (with trail_by)"},
+        "trail_by": {**AMOUNT_IN, "description": "... move the stop trail_by (at most trail_every)"},
+        "breakeven_at": {**AMOUNT_IN, "description": "move the stop to the entry price once this far in favour"},
+        "order_type": {**ORDER_TYPE, "default": "MARKET"},
+        "limit_buffer_pct": {**AMOUNT_IN, "description": "LIMIT only (required): 0 < percent <= 5, at most 3 "
+                                                         "decimals"},
+        "limit_wait_seconds": {"anyOf": [{"type": "integer"}, {"type": "string", "nullable": True}],
+                               "description": "LIMIT only (required): 1 to 60 seconds, then MARKET"},
+        "weekdays": WEEKDAYS,
     },
     "example": {"name": "Morning INFY", "symbol": "INFY", "exchange": "NSE", "product": "MIS", "quantity": 10,
                 "buy_time": "09:20", "sell_time": "15:00", "stop_loss": "1400.50"},
