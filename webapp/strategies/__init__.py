@@ -21,16 +21,47 @@ def _require_login() -> None:
     return None
 
 
+# What the "More options" inputs show before the trader changes anything (the LIMIT pair is only used once
+# LIMIT is picked, so its usual values can sit there ready).
+FORM_DEFAULTS = {"exchange": "NSE", "product": "MIS", "direction": "long", "stop_loss_type": "price",
+                 "target_type": "", "trail_unit": "points", "order_type": "MARKET", "limit_buffer_pct": "0.5",
+                 "limit_wait_seconds": "10"}
+
+
+def _posted() -> dict:
+    """The form as the service takes it: the weekday checkboxes are one value per ticked box."""
+    data = request.form.to_dict()
+    data["weekdays"] = "".join(request.form.getlist("weekdays"))
+    return data
+
+
+def _last_price(exchange: object, symbol: object):  # type: ignore[no-untyped-def]
+    if not (isinstance(symbol, str) and symbol.strip() and isinstance(exchange, str)):
+        return None
+    return service.last_price(exchange.strip().upper() or "NSE", symbol.strip().upper()[:40])
+
+
 def _form(strategy, errors: dict, status: int, values):  # type: ignore[no-untyped-def]
+    values = {**FORM_DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
     context = {
         "strategy": strategy,
         "errors": errors,
         "values": values,
         "symbols": sorted(sym for _, sym in instruments.paper_catalog()),
         "exchanges": instruments.exchanges(),
+        "more_open": bool(errors.keys() & set(service.MORE_FIELDS)),
+        "weekday_names": service.WEEKDAY_NAMES,
+        "last_price": _last_price(values.get("exchange"), values.get("symbol")),
     }
     template = "strategies/_form.html" if is_htmx() else "strategies/form.html"
     return render_template(template, **context), status
+
+
+@bp.get("/last-price")
+def last_price():  # type: ignore[no-untyped-def]
+    """The line beside the stop-loss field, refreshed by HTMX when the symbol or exchange changes."""
+    return render_template("strategies/_last_price.html", last_price=_last_price(
+        request.args.get("exchange", "NSE"), request.args.get("symbol")))
 
 
 def _cards_context() -> dict:
@@ -55,12 +86,12 @@ def cards():  # type: ignore[no-untyped-def]
 def new():  # type: ignore[no-untyped-def]
     if request.method == "POST":
         try:
-            strategy = service.create(current_user, request.form.to_dict())
+            strategy = service.create(current_user, _posted())
         except ValidationFailed as exc:
-            return _form(None, exc.fields, 422, request.form)
+            return _form(None, exc.fields, 422, _posted())
         flash(f"Strategy “{strategy.name}” created.", "success")
         return go_to(url_for("strategies.detail", strategy_id=strategy.id))
-    return _form(None, {}, 200, {"exchange": "NSE", "product": "MIS"})
+    return _form(None, {}, 200, {})
 
 
 def _panel_context(strategy) -> dict:  # type: ignore[no-untyped-def]
@@ -124,11 +155,11 @@ def edit(strategy_id: int):  # type: ignore[no-untyped-def]
     strategy = service.get_owned(current_user, strategy_id)
     if request.method == "POST":
         try:
-            service.update(strategy, request.form.to_dict())
+            service.update(strategy, _posted())
         except ValidationFailed as exc:
-            return _form(strategy, exc.fields, 422, request.form)
+            return _form(strategy, exc.fields, 422, _posted())
         except NotEditable as exc:
-            return _form(strategy, {"form": str(exc)}, 409, request.form)
+            return _form(strategy, {"form": str(exc)}, 409, _posted())
         flash("Strategy saved.", "success")
         return go_to(url_for("strategies.detail", strategy_id=strategy.id))
     return _form(strategy, {}, 200, service.to_dict(strategy))
