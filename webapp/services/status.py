@@ -174,17 +174,36 @@ def stale_symbols() -> set[str]:
 
 
 def chart_data(strategy: Strategy) -> dict:
-    """Today's price samples for the strategy's symbol, its buy/sell instants, the stop-loss line and its
-    filled orders as markers: everything the strategy page's chart draws."""
+    """Today's price samples for the strategy's symbol, its buy/sell instants, its filled orders as markers,
+    and the run's exits: the stop as it moved (a step series of [time, price] from the stop resolved at the
+    entry fill, then each move the listener made), the target and the direction. `stop_loss` is the stop in
+    force as one number (before the entry fills, a price stop's price; None for % and points)."""
     day = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
-    raw = redis_client.current().lrange(keys.ticks(strategy.exchange, strategy.symbol, day.isoformat()), 0, -1)
+    pipe = redis_client.current().pipeline(transaction=False)
+    pipe.lrange(keys.ticks(strategy.exchange, strategy.symbol, day.isoformat()), 0, -1)
+    pipe.lrange(keys.stop_moves(strategy.id, strategy.run_id or 0), 0, -1)
+    raw, moved = pipe.execute()
     ticks = []
     for item in raw:
         stamp, _, price = item.decode().partition(":")
         ticks.append([int(stamp) / 1000, float(price)])
+    fills = _fills(strategy)
     markers = [{"t": row.updated_at.timestamp(), "price": float(row.price), "side": row.side, "event": row.event}
-               for row in _fills(strategy)]
+               for row in fills]
+    stop: list[list[float]] = []
+    entered = [row for row in fills if row.side == exits.entry_side(strategy.direction)]
+    if strategy.stop_price is not None and entered:
+        stop.append([entered[0].updated_at.timestamp(), float(strategy.stop_price)])
+        for item in moved:
+            stamp, _, price = item.decode().partition(":")
+            stop.append([max(int(stamp) / 1000, stop[0][0]), float(price)])
+    if stop:
+        stop_loss: float | None = stop[-1][1]
+    else:
+        stop_loss = float(strategy.stop_loss) if strategy.stop_loss_type in (None, exits.PRICE) else None
     return {"symbol": f"{strategy.exchange}:{strategy.symbol}", "ticks": ticks, "markers": markers,
-            "stop_loss": float(strategy.stop_loss),
+            "stop_loss": stop_loss, "stop": stop,
+            "target": float(strategy.target_price) if strategy.target_price is not None else None,
+            "direction": strategy.direction or exits.LONG,
             "buy_at": instant(day, parse_time(strategy.buy_time)).timestamp(),
             "sell_at": instant(day, parse_time(strategy.sell_time)).timestamp()}
