@@ -234,21 +234,28 @@ def halt(pnl: DayPnl, now: datetime, conn: redis.Redis, lock_wait: float = 2.0) 
         except IntegrityError:
             db.session.rollback()
             return None
+        running = _running_without_stop(pnl.user_id)
+        # Logged before any STOP goes out, so a Redis failure sending them still leaves the line a human reads.
+        log.critical("daily loss limit hit", extra={
+            "event": HALT_ACTION, "user_id": pnl.user_id, "trading_day": pnl.trading_day, "pnl": str(pnl.total),
+            "realised": str(pnl.realised), "unrealised": str(pnl.unrealised), "daily_loss_limit": str(pnl.limit),
+            "open_positions": pnl.open_positions, "unpriced_strategies": pnl.unpriced,
+            "strategies_stopped": [s.id for s in running]})
         reason = (f"daily loss limit {rupees(pnl.limit)} hit: the day's P&L was {rupees(pnl.total)} at {at} IST; "
                   f"trading resumes next trading day")
-        stopped = stop_running(conn, pnl.user_id, reason)
+        stop_running(conn, pnl.user_id, reason, running)
     finally:
         if locked:
             try:
                 lock.release()
             except (LockError, redis.RedisError):
                 pass
-    log.critical("daily loss limit hit", extra={
-        "event": HALT_ACTION, "user_id": pnl.user_id, "trading_day": pnl.trading_day, "pnl": str(pnl.total),
-        "realised": str(pnl.realised), "unrealised": str(pnl.unrealised), "daily_loss_limit": str(pnl.limit),
-        "open_positions": pnl.open_positions, "unpriced_strategies": pnl.unpriced,
-        "strategies_stopped": [s.id for s in stopped]})
     return row
+
+
+def _running_without_stop(user_id: int) -> list[Strategy]:
+    return list(db.session.scalars(select(Strategy).where(
+        Strategy.user_id == user_id, Strategy.status.in_(_RUNNING), Strategy.stop_requested_at.is_(None))))
 
 
 def stop_running(conn: redis.Redis, user_id: int, reason: str,
@@ -258,8 +265,7 @@ def stop_running(conn: redis.Redis, user_id: int, reason: str,
     sends the STOP again if Redis loses it; then the STOPs go on the priority queue and the BUY/SELL
     triggers are cancelled. A deployed strategy stays deployed: the halt is for the day."""
     if strategies is None:
-        strategies = list(db.session.scalars(select(Strategy).where(
-            Strategy.user_id == user_id, Strategy.status.in_(_RUNNING), Strategy.stop_requested_at.is_(None))))
+        strategies = _running_without_stop(user_id)
     if not strategies:
         return []
     now = clock.now()
