@@ -246,3 +246,32 @@ class TestKiteLimit:
         assert (order["order_type"], order["status"], order["filled_quantity"], order["market_protection"]) == (
             "MARKET", "COMPLETE", 10, -1)
         assert log_lines(processes, "worker", "modification to MARKET failed: trying again")
+
+
+def test_kite_broker_limit_and_modify_on_kites_wire():
+    """KiteBroker through kiteconnect against the fake: a LIMIT carries its price and no market protection; a
+    modification to MARKET without protection is refused as Kite refuses it; with it, the order fills; a
+    modification of a COMPLETE order is Kite's InputException, which the broker names OrderNotModifiable."""
+    import kiteconnect.exceptions as kex
+    from kiteconnect import KiteConnect
+
+    from webapp.brokers import Credentials, OrderRequest
+    from webapp.brokers.base import OrderNotModifiable
+    from webapp.brokers.kite import KiteBroker
+
+    with FakeKite(fill_delay=0.0) as fake:
+        fake.set_price("NSE", "INFY", 1600.0)
+        broker = KiteBroker(fake.rest_url, Credentials(fake.api_key, fake.api_secret, fake.access_token), timeout=2)
+        order_id = broker.place_order(OrderRequest("NSE", "INFY", "BUY", 5, "MIS", "K1", order_type="LIMIT",
+                                                   price=Decimal("1501.50")))
+        assert (fake.order(order_id)["status"], fake.order(order_id)["price"]) == ("OPEN", 1501.5)
+        assert "market_protection" not in fake.placements[0]["params"]
+        with pytest.raises(kex.InputException, match="market protection"):
+            KiteConnect(fake.api_key, access_token=fake.access_token, root=fake.rest_url).modify_order(
+                "regular", order_id, order_type="MARKET")
+        broker.modify_to_market(order_id, -1.0)
+        state = broker.order_status(order_id)
+        assert (state.status, state.filled_quantity, state.average_price) == ("COMPLETE", 5, Decimal("1600.00"))
+        assert [m["params"].get("market_protection") for m in fake.modifications] == [None, "-1"]
+        with pytest.raises(OrderNotModifiable, match="complete"):
+            broker.modify_to_market(order_id, -1)
