@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from flask import Flask
@@ -23,6 +24,7 @@ from webapp.extensions import db
 from webapp.engine import dispatch, recovery
 from webapp.engine.events import QUEUES, Event
 from webapp.engine.schedule import scheduler
+from webapp.services import deploy
 
 log = logging.getLogger("scheduler")
 IDLE_WAIT_SECONDS = 1.0
@@ -83,24 +85,35 @@ class Mover:
 def reconciling(app: Flask, stop: list[bool]) -> None:
     """Rebuild Redis and triggers from the database (webapp/engine/recovery.py): at once on boot, then every
     RECONCILE_SECONDS. On a thread of its own, so a long round never delays a trigger."""
+    _every(app, stop, "RECONCILE_SECONDS", recovery.reconcile, "recovery round", "recovery_failed")
+
+
+def deploying(app: Flask, stop: list[bool]) -> None:
+    """Begin (or skip, saying why) deployed strategies' runs of the day (webapp/services/deploy.py): at once
+    on boot, then every DEPLOY_CHECK_SECONDS. On a thread of its own too: beginning a run registers its
+    triggers, which this process's main loop then moves, never waiting on a round."""
+    _every(app, stop, "DEPLOY_CHECK_SECONDS", deploy.deploy_round, "deploy round", "deploy_failed")
+
+
+def _every(app: Flask, stop: list[bool], interval: str, work: Callable[[], object], what: str, failed: str) -> None:
     while not stop:
         with app.app_context():
             try:
-                recovery.reconcile()
+                work()
             except REDIS_DOWN as exc:
-                log.error("recovery round skipped: redis unavailable", extra={"event": "recovery_failed",
-                                                                              "error": str(exc)})
+                log.error(f"{what} skipped: redis unavailable", extra={"event": failed, "error": str(exc)})
             except Exception:  # noqa: BLE001 — e.g. the database down: the next round tries again
-                log.exception("recovery round failed", extra={"event": "recovery_failed"})
+                log.exception(f"{what} failed", extra={"event": failed})
             finally:
                 db.session.remove()
-        deadline = time.monotonic() + app.config["RECONCILE_SECONDS"]
+        deadline = time.monotonic() + app.config[interval]
         while not stop and time.monotonic() < deadline:
             time.sleep(0.2)
 
 
 def run(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:
     threading.Thread(target=reconciling, args=(app, stop), name="reconciler", daemon=True).start()
+    threading.Thread(target=deploying, args=(app, stop), name="deployer", daemon=True).start()
     threading.Thread(target=risk_watch.watching, args=(app, stop), name="risk", daemon=True).start()
     keep_running("scheduler", lambda: _move_triggers(conn, stop), stop)
 

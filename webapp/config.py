@@ -117,6 +117,11 @@ class Config:
         # An exit keeps trying until it is done or its market shuts; its pauses grow to this.
         self.EXIT_RETRY_MAX_SECONDS = float(os.environ.get("EXIT_RETRY_MAX_SECONDS", "30"))
         self.RECONCILE_SECONDS = float(os.environ.get("RECONCILE_SECONDS", "30"))
+        # Recurring deployment (webapp/services/deploy.py): a deployed strategy's run of the day is begun (its
+        # broker session and START's checks asked) this long before its buy time; the deployer looks for
+        # runs to begin every DEPLOY_CHECK_SECONDS.
+        self.RUN_ARM_SECONDS = float(os.environ.get("RUN_ARM_SECONDS", "120"))
+        self.DEPLOY_CHECK_SECONDS = float(os.environ.get("DEPLOY_CHECK_SECONDS", "5"))
         # Risk limits (webapp/services/risk.py): how often the scheduler's risk watcher totals each user's day
         # (realised + open positions at the last price) against their daily loss limit, during market hours;
         # and how long it waits for a user's START to finish (keys.user_lock) before halting them anyway.
