@@ -1,18 +1,52 @@
-// The strategy page's price chart (uPlot): today's samples, the stop-loss line, buy/sell time marks and
-// entry/exit markers. Redrawn whenever the live panel refreshes (a push, or the 5 s poll).
+// The strategy page's price chart (uPlot): today's samples, the stop-loss as a step line that follows a
+// trailing stop's moves, the target line, buy/sell time marks and entry/exit markers. Redrawn whenever the
+// live panel refreshes (a push, or the 5 s poll).
 (function () {
   "use strict";
   var holder = document.getElementById("price-chart");
   if (!holder || typeof uPlot === "undefined") return;
   var plot = null;
 
+  function hline(u, ctx, y, x0, x1, color, label) {  // a dashed level from x0 to x1 (canvas px), labelled
+    ctx.strokeStyle = color; ctx.setLineDash([6, 4]); ctx.beginPath();
+    ctx.moveTo(x0, y); ctx.lineTo(x1, y); ctx.stroke();
+    ctx.fillStyle = color; ctx.fillText(label, x0 + 4, y - 4);
+  }
+
+  // The stop as the listener moved it: a step line, each level held until the next move (the last until the
+  // exit, or the right edge). Before the entry fills there is no series: a price stop is drawn across the day.
+  function stopLine(u, ctx, data) {
+    var left = u.bbox.left, right = u.bbox.left + u.bbox.width;
+    data.markers.forEach(function (m) {  // the run's exit ends the line
+      if (m.event !== "BUY") right = Math.min(right, Math.max(left, u.valToPos(m.t, "x", true)));
+    });
+    var steps = data.stop || [];
+    if (!steps.length) {
+      if (data.stop_loss != null) hline(u, ctx, u.valToPos(data.stop_loss, "y", true), left, right, "#dc2626", "stop " + data.stop_loss);
+      return;
+    }
+    ctx.strokeStyle = "#dc2626"; ctx.setLineDash([6, 4]); ctx.beginPath();
+    steps.forEach(function (step, i) {
+      var x = Math.min(Math.max(u.valToPos(step[0], "x", true), left), right);
+      var y = u.valToPos(step[1], "y", true);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);  // vertical riser at the move
+      var next = i + 1 < steps.length ? Math.min(Math.max(u.valToPos(steps[i + 1][0], "x", true), left), right) : right;
+      ctx.lineTo(next, y);
+    });
+    ctx.stroke();
+    var last = steps[steps.length - 1];
+    ctx.fillStyle = "#dc2626";
+    ctx.fillText((steps.length > 1 ? "trailing stop " : "stop ") + last[1], left + 4, u.valToPos(last[1], "y", true) - 4);
+  }
+
   function marks(u, data) {
     var ctx = u.ctx;
     ctx.save();
-    var stopY = u.valToPos(data.stop_loss, "y", true);  // the stop-loss, across the whole day
-    ctx.strokeStyle = "#dc2626"; ctx.setLineDash([6, 4]); ctx.beginPath();
-    ctx.moveTo(u.bbox.left, stopY); ctx.lineTo(u.bbox.left + u.bbox.width, stopY); ctx.stroke();
-    ctx.fillStyle = "#dc2626"; ctx.fillText("stop " + data.stop_loss, u.bbox.left + 4, stopY - 4);
+    stopLine(u, ctx, data);
+    if (data.target != null) {
+      hline(u, ctx, u.valToPos(data.target, "y", true), u.bbox.left, u.bbox.left + u.bbox.width, "#15803d",
+            "target " + data.target + (data.direction === "short" ? " (short)" : ""));
+    }
     [["buy", data.buy_at, "#1d4ed8"], ["sell", data.sell_at, "#7c3aed"]].forEach(function (m) {
       var x = u.valToPos(m[1], "x", true);
       if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
@@ -35,7 +69,8 @@
     var lo = Math.min(data.buy_at, xs.length ? xs[0] : data.buy_at) - 60;
     var hi = Math.max(data.sell_at, xs.length ? xs[xs.length - 1] : data.sell_at) + 60;
     if (!xs.length) { xs = [lo, hi]; ys = [null, null]; }
-    var prices = ys.concat(data.markers.map(function (m) { return m.price; }), [data.stop_loss]).filter(function (v) { return v != null; });
+    var levels = (data.stop || []).map(function (s) { return s[1]; }).concat([data.stop_loss, data.target]);
+    var prices = ys.concat(data.markers.map(function (m) { return m.price; }), levels).filter(function (v) { return v != null; });
     var pad = Math.max(1, (Math.max.apply(null, prices) - Math.min.apply(null, prices)) * 0.1);
     var opts = {
       width: holder.clientWidth, height: 260, legend: { show: false },
@@ -49,6 +84,7 @@
     plot = new uPlot(opts, [xs, ys], holder);
     holder.dataset.points = String(data.ticks.length);
     holder.dataset.markers = String(data.markers.length);
+    holder.dataset.stopSteps = String((data.stop || []).length);
   }
 
   function load() {
