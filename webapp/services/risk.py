@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -39,6 +40,7 @@ HALT_ACTION = "daily_loss_limit_hit"
 LIMITS_ACTION = "risk_limits_changed"
 MAX_LOSS_LIMIT = Decimal("999999999999.99")  # Numeric(14, 2)
 MAX_POSITIONS = 1000
+_AMOUNT = re.compile(r"^[0-9]{1,15}(\.[0-9]+)?$")
 _RUNNING = [s.value for s in RUNNING]
 
 
@@ -392,11 +394,13 @@ def _loss_limit(raw: object) -> Decimal | None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
         raise ValueError("Enter an amount in rupees, e.g. 5000, or leave it empty for no limit.")
-    try:
-        value = Decimal(str(raw).strip().replace(",", "").lstrip("₹"))
-    except InvalidOperation:
-        raise ValueError("Enter an amount in rupees, e.g. 5000, or leave it empty for no limit.") from None
-    if not value.is_finite() or value <= 0:
+    text = str(raw).strip().replace(",", "").lstrip("₹").strip()
+    if text.startswith("-") and _AMOUNT.match(text[1:]):
+        raise ValueError("The daily loss limit must be more than ₹0 (leave it empty for no limit).")
+    if not _AMOUNT.match(text):  # ASCII digits only: Decimal() would also take "٣", "1_000" or "NaN"
+        raise ValueError("Enter an amount in rupees, e.g. 5000, or leave it empty for no limit.")
+    value = Decimal(text)
+    if value <= 0:
         raise ValueError("The daily loss limit must be more than ₹0 (leave it empty for no limit).")
     if value > MAX_LOSS_LIMIT:
         raise ValueError(f"The daily loss limit can be at most {rupees(MAX_LOSS_LIMIT)}.")
