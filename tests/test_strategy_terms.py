@@ -244,3 +244,74 @@ def test_the_last_price_is_shown_and_refreshed_for_another_symbol(app, client, r
     redis_conn.set(keys.last_price("NSE", "TCS"), "3399.95")
     assert "₹3399.95" in client.get("/strategies/last-price?symbol=TCS&exchange=NSE").get_data(as_text=True)
     assert "not known" in client.get("/strategies/last-price?symbol=NOPE&exchange=NSE").get_data(as_text=True)
+
+
+# --- In a browser: the form with More options open, at a desktop's and a phone's width.
+
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("size", VIEWPORTS)
+def test_more_options_in_a_browser(app, live_server, browser, artifacts, size):  # type: ignore[no-untyped-def]
+    from playwright.sync_api import expect
+
+    from tests.test_browser_onboarding import fill_strategy, register, watch_for_errors
+
+    viewport = VIEWPORTS[size]
+    context = browser.new_context(viewport=viewport, **({"is_mobile": True, "has_touch": True} if size == "phone" else {}))
+    try:
+        page = context.new_page()
+        problems = watch_for_errors(page)
+        register(page, live_server, f"{size}@example.com")
+        page.goto(live_server + "/strategies/new")
+        form = page.locator("#strategy-form")
+        expect(form.locator("details.more-options")).not_to_have_attribute("open", "")
+        fill_strategy(page, STRATEGY)
+        expect(form.locator("#last-price")).to_contain_text("₹1520.35")
+        form.get_by_label("Symbol").fill("TCS")
+        form.get_by_label("Symbol").dispatch_event("change")
+        expect(form.locator("#last-price")).to_contain_text("₹3410.00")  # refreshed by HTMX
+        form.get_by_label("Symbol").fill("INFY")
+        form.get_by_label("Symbol").dispatch_event("change")
+        form.locator("summary").click()
+        expect(form.locator("details.more-options")).to_have_attribute("open", "")
+        expect(form.get_by_label("Limit buffer (%)")).to_be_disabled()
+        form.locator("#f-direction").select_option("short")
+        expect(form.get_by_label("Sell short at (IST)")).to_be_visible()
+        expect(form.get_by_label("Buy back at (IST)")).to_be_visible()
+        form.locator("#f-stop_loss_type").select_option("percent")
+        expect(form.locator("#stop-loss-label")).to_have_text("Stop-loss (% from the entry)")
+        form.locator("#f-stop_loss").fill("1.5")
+        expect(form.locator("#f-target")).to_be_disabled()
+        form.locator("#f-target_type").select_option("points")
+        form.locator("#f-target").fill("20")
+        form.locator("#f-trail_every").fill("10")
+        form.locator("#f-trail_by").fill("5")
+        form.locator("#f-breakeven_at").fill("8")
+        form.locator("#f-order_type").select_option("LIMIT")
+        expect(form.get_by_label("Limit buffer (%)")).to_be_enabled()
+        for day in ("Mon", "Wed", "Fri"):
+            form.get_by_label(day, exact=True).check()
+
+        # Nothing wider than the screen; inputs side by side start on one line.
+        assert page.evaluate("document.documentElement.scrollWidth") <= viewport["width"]
+        misaligned = page.evaluate("""() => [...document.querySelectorAll('#strategy-form .grid')].flatMap(grid => {
+            const tops = [...grid.querySelectorAll(':scope > label > input, :scope > label > select')]
+              .map(el => el.getBoundingClientRect());
+            const rows = {};
+            tops.forEach(r => { const key = Math.round(r.left) < 0 ? 'x' : 'y'; (rows[key] = rows[key] || []).push(r); });
+            const wide = tops.filter(r => r.right > document.documentElement.clientWidth + 1);
+            const y = tops.map(r => Math.round(r.top));
+            const sameRow = tops.length > 1 && new Set(tops.map(r => Math.round(r.left))).size === tops.length;
+            return wide.length ? ['overflow'] : (sameRow && new Set(y).size > 1 ? [y.join(',')] : []);
+        })""")
+        assert misaligned == [], misaligned
+        page.screenshot(path=str(artifacts / f"strategy-form-more-options-{size}.png"), full_page=True)
+
+        assert problems == []
+        with page.expect_response(lambda r: r.request.method == "POST") as posted:
+            page.get_by_role("button", name="Create strategy").click()
+        assert posted.value.status == 204 and posted.value.headers.get("hx-redirect", "").startswith("/strategies/")
+    finally:
+        context.close()

@@ -15,6 +15,8 @@
     if (stopType && stopLabel && stopLabel.dataset[stopType.value]) {
       stopLabel.textContent = stopLabel.dataset[stopType.value];
     }
+    var stopHint = form.querySelector(".stop-hint");
+    if (stopType && stopHint && stopType.value !== "price") stopHint.textContent = stopHint.dataset.relative;
     var targetType = form.querySelector("#f-target_type");
     var target = form.querySelector("#f-target");
     if (targetType && target) target.disabled = !targetType.value;
