@@ -11,6 +11,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from playwright.sync_api import expect
 from sqlalchemy import event, select
 
 from tests.engine_helpers import orders, seconds_ahead, start, trader, wait_status
@@ -213,6 +214,7 @@ def test_strategy_page_with_its_run_history_in_a_browser(page, live_server, app,
     page.fill("#f-email", "screens@example.com")
     page.fill("#f-password", PASSWORD)
     page.click("button[type=submit]")
+    expect(page).to_have_url(f"{live_server}/strategies")
     page.goto(f"{live_server}/strategies/{sid}")
     chart = page.locator("#equity-chart")
     chart.locator("canvas").first.wait_for()

@@ -104,11 +104,11 @@ def _orders(strategy: Strategy) -> list[OrderLog]:
                                    .order_by(OrderLog.id)))
 
 
-def runs(strategy: Strategy, last_price: Decimal | str | None = None,
+def runs(strategy: Strategy, price: Decimal | str | None = None,
          orders: list[OrderLog] | None = None) -> list[RunRow]:
-    """Every run of the strategy, oldest first, skipped days included. `last_price` marks the current run's
-    open position (its P&L is then unrealised); `orders`, when the caller already holds the strategy's
-    order rows, saves the second query."""
+    """Every run of the strategy, oldest first (by run date, then as recorded), skipped days included.
+    `price`, the last price, marks the current run's open position (its P&L is then unrealised); `orders`,
+    every order row of the strategy when the caller already holds them, saves the second query."""
     found = list(db.session.scalars(select(Run).where(Run.strategy_id == strategy.id)
                                     .order_by(Run.run_date, Run.id)))
     by_run: dict[int, list[OrderLog]] = {}
@@ -116,7 +116,7 @@ def runs(strategy: Strategy, last_price: Decimal | str | None = None,
         run_id = run_of(row.event_id)
         if run_id is not None:
             by_run.setdefault(run_id, []).append(row)
-    mark = Decimal(str(last_price)) if last_price not in (None, "") else None
+    mark = Decimal(str(price)) if price not in (None, "") else None
     total = Decimal(0)
     rows = []
     for run in found:
