@@ -332,6 +332,11 @@ def side_problems(clean: dict, price: Decimal | None) -> dict[str, str]:
     elif target is not None and stop is not None and (target >= stop if short else target <= stop):
         problems["target"] = (f"Must be {'below' if short else 'above'} the stop-loss (₹{stop}): the target is "
                               f"the price that {'falls' if short else 'rises'} in your favour.")
+    # Points below the entry can be no more than the price itself (about the entry, as far as is known).
+    if price is not None and not short and clean["stop_loss_type"] == exits.POINTS and clean["stop_loss"] >= price:
+        problems["stop_loss"] = f"A long's stop of {clean['stop_loss']} points would be below 0 (last price ₹{price})."
+    if price is not None and short and clean["target_type"] == exits.POINTS and clean["target"] >= price:
+        problems["target"] = f"A short's target of {clean['target']} points would be below 0 (last price ₹{price})."
     return problems
 
 
