@@ -265,7 +265,7 @@ def test_more_options_in_a_browser(app, live_server, browser, artifacts, size): 
     context = browser.new_context(viewport=viewport, **({"is_mobile": True, "has_touch": True} if size == "phone" else {}))
     try:
         page = context.new_page()
-        problems = watch_for_errors(page)
+        problems = watch_for_errors(page, (("POST", "/strategies/new", 422),))
         register(page, live_server, f"{size}@example.com")
         page.goto(live_server + "/strategies/new")
         form = page.locator("#strategy-form")
@@ -312,6 +312,15 @@ def test_more_options_in_a_browser(app, live_server, browser, artifacts, size): 
         assert misaligned == [], misaligned
         page.screenshot(path=str(artifacts / f"strategy-form-more-options-{size}.png"), full_page=True)
 
+        # A refused save swaps the form back in with More options open at the wrong field, choices kept.
+        form.locator("#f-trail_by").fill("50")
+        page.get_by_role("button", name="Create strategy").click()
+        expect(form.locator("#e-trail_by")).to_contain_text("at most the step")
+        expect(form.locator("details.more-options")).to_have_attribute("open", "")
+        expect(form.get_by_label("Sell short at (IST)")).to_be_visible()
+        expect(form.locator("#f-limit_wait_seconds")).to_be_enabled()
+        expect(form.locator("input[name=weekdays][value='2']")).to_be_checked()
+        form.locator("#f-trail_by").fill("5")
         assert problems == []
         with page.expect_response(lambda r: r.request.method == "POST") as posted:
             page.get_by_role("button", name="Create strategy").click()

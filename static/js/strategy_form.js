@@ -37,6 +37,6 @@
     var form = event.target.closest && event.target.closest("#strategy-form");
     if (form) sync(form);
   });
-  document.addEventListener("htmx:afterSwap", syncAll);
+  document.addEventListener("htmx:load", syncAll);  // also the form swapped back in after a refused save
   syncAll();
 })();
