@@ -18,6 +18,7 @@ from tests.engine_helpers import orders, seconds_ahead, start, trader, wait_stat
 from tests.helpers import PASSWORD, api_register, api_strategy, browser_login, csrf_token, db_update
 from webapp import clock, keys
 from webapp.extensions import db
+from webapp.market_calendar import exchange_date
 from webapp.models import OrderLog, Run, Strategy
 from webapp.services import history
 
@@ -63,7 +64,7 @@ def test_three_runs_through_the_engine_give_history_csv_and_page(client, engine,
         redis_conn.set(keys.last_price("NSE", "INFY"), exit_)
         wait_status(client, headers, sid, "completed")
     with app.app_context():  # a day the strategy never ran, recorded as such (before the three)
-        skipped = Run(strategy_id=sid, run_date=(clock.now() - timedelta(days=1)).astimezone().date().isoformat(),
+        skipped = Run(strategy_id=sid, run_date=exchange_date(clock.now() - timedelta(days=1)).isoformat(),
                       status="skipped", reason="No broker session: log in with Kite first.")
         db.session.add(skipped)
         db.session.commit()
