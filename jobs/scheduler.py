@@ -40,15 +40,20 @@ class Mover:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
         self.key = scheduler(conn).scheduled_jobs_key
-        self.prefetched: dict[str, Job] = {}
+        # Job id → (its instant, its payload). A job id is reused by every run of a strategy
+        # (keys.schedule_job_id), so an entry is only used for the registration at the same instant: one that
+        # another scheduler moved, or that was cancelled and registered again for a later run, is not.
+        self.prefetched: dict[str, tuple[float, Job]] = {}
         self.prefetched_until = float("-inf")
 
     def prefetch(self, until: float) -> None:
         if until <= self.prefetched_until:
             return
-        ids = [i.decode() for i in self.conn.zrangebyscore(self.key, "-inf", until)]
-        wanted = [i for i in ids if i not in self.prefetched]
-        self.prefetched.update({job.id: job for job in Job.fetch_many(wanted, connection=self.conn) if job})
+        scored = {i.decode(): score for i, score in self.conn.zrangebyscore(self.key, "-inf", until, withscores=True)}
+        self.prefetched = {i: entry for i, entry in self.prefetched.items() if scored.get(i) == entry[0]}
+        wanted = [i for i in scored if i not in self.prefetched]
+        self.prefetched.update({job.id: (scored[job.id], job)
+                                for job in Job.fetch_many(wanted, connection=self.conn) if job})
         self.prefetched_until = until
 
     def move_due(self) -> list[str]:
@@ -59,11 +64,14 @@ class Mover:
             while True:
                 try:
                     pipe.watch(self.key)
-                    due = [job_id.decode() for job_id in pipe.zrangebyscore(self.key, "-inf", clock.epoch())]
+                    scored = {i.decode(): score
+                              for i, score in pipe.zrangebyscore(self.key, "-inf", clock.epoch(), withscores=True)}
+                    due = list(scored)
                     if not due:
                         return []
-                    missing = [i for i in due if i not in self.prefetched]
-                    jobs = [self.prefetched[i] for i in due if i in self.prefetched]
+                    cached = {i for i in due if i in self.prefetched and self.prefetched[i][0] == scored[i]}
+                    missing = [i for i in due if i not in cached]
+                    jobs = [self.prefetched[i][1] for i in due if i in cached]
                     jobs += [job for job in Job.fetch_many(missing, connection=self.conn) if job is not None]
                     events = [Event.from_dict(payload) for job in jobs for payload in job.args[0]]
                     pipe.multi()

@@ -123,8 +123,7 @@ def test_a_deployed_strategy_runs_on_its_trading_weekdays_and_says_why_a_day_is_
         app, client, processes, move_clock, redis_conn):
     assert HOLIDAY in nse_holidays() and not is_trading_day(HOLIDAY, "nse") and HOLIDAY.weekday() == 4
     headers = trader(client, "weekly@example.com")
-    sid = api_strategy(client, headers, buy_time="10:00:00", sell_time="10:00:20")
-    db_update(app, Strategy, sid, weekdays="01234")  # Monday to Friday
+    sid = api_strategy(client, headers, buy_time="10:00:00", sell_time="10:00:20", weekdays="01234")  # Mon–Fri
 
     move_clock(at(WED - timedelta(days=1), BUY_AT) + timedelta(minutes=5))  # Tue 22 Dec, past its buy time
     processes.start("worker", "jobs.worker")
@@ -137,6 +136,7 @@ def test_a_deployed_strategy_runs_on_its_trading_weekdays_and_says_why_a_day_is_
     assert started.status_code == 200, started.json
     assert started.json["message"] == "Deployed: next run Wed 23 Dec, BUY at 10:00:00 IST."
     assert status(client, headers, sid)["status_reason"] == started.json["message"]
+    assert status(client, headers, sid)["status"] == "created"
     assert strategy_row(app, sid).deployed and len(audits(app, sid, "strategy_deployed")) == 1
     time.sleep(1.0)
     assert runs(app, sid) == []  # deployed after Tuesday's buy time: not a missed day
@@ -201,12 +201,11 @@ def test_start_with_weekdays_begins_today_when_due_and_stop_undeploys(app, clien
         pytest.skip("the suite runs on a day NSE is shut")
     headers = trader(client, "today@example.com")
     # The suite's clock is at 10:00 IST (tests/conftest.py): 10:30 is ahead.
-    sid = api_strategy(client, headers, buy_time="10:30:00", sell_time="11:00:00")
-    db_update(app, Strategy, sid, weekdays="0123456")
+    sid = api_strategy(client, headers, buy_time="10:30:00", sell_time="11:00:00", weekdays="01234")
     started = client.post(f"/api/v1/strategy/{sid}/start", headers=headers)
     assert started.status_code == 200, started.json
-    assert started.json["message"].startswith("Deployed (Mon, Tue, Wed, Thu, Fri, Sat, Sun) until you STOP it. "
-                                              "Running today: BUY at 10:30:00 IST")
+    assert started.json["message"] == ("Deployed (Mon, Tue, Wed, Thu, Fri) until you STOP it. Running today: BUY at "
+                                       "10:30:00 IST, SELL at 11:00:00 IST.")
     row = strategy_row(app, sid)
     assert row.deployed and row.status == "waiting_entry" and len(runs(app, sid)) == 1
     again = client.post(f"/api/v1/strategy/{sid}/start", headers=headers)
@@ -229,7 +228,7 @@ def test_a_one_day_start_is_unchanged_and_weekdays_that_never_trade_are_refused(
     assert audits(app, sid, "strategy_deployed") == []
 
     weekend = api_strategy(client, headers, buy_time="10:30:00", sell_time="11:00:00")
-    db_update(app, Strategy, weekend, weekdays="56")
+    db_update(app, Strategy, weekend, weekdays="56")  # the form refuses these; the model does not
     refused = client.post(f"/api/v1/strategy/{weekend}/start", headers=headers)
     assert refused.status_code == 409
     assert refused.json["message"] == "None of its weekdays (Sat, Sun) is a trading day: it would never run."
@@ -237,3 +236,78 @@ def test_a_one_day_start_is_unchanged_and_weekdays_that_never_trade_are_refused(
 
     not_running = client.post(f"/api/v1/strategy/{weekend}/stop", headers=headers)
     assert not_running.status_code == 409  # neither running nor deployed: as before
+
+
+@pytest.fixture
+def armed(app, monkeypatch):  # type: ignore[no-untyped-def]
+    """The test process's clock a moment into a deployed strategy's arm window on Wed 23 Dec 2026."""
+    def move(moment: datetime) -> None:
+        monkeypatch.setattr(clock, "OFFSET", moment - datetime.now(timezone.utc))
+    move(at(WED, BUY_AT, ARM) + timedelta(seconds=1))
+    return move
+
+
+def test_the_deployer_begins_a_day_once_and_the_kill_switch_skips_it(app, client, armed):
+    """The deployer's rounds called in this process (no scheduler): once begun, a day is never begun again;
+    a kill switch (like any START refusal) skips the day with its reason."""
+    from webapp.models import KillSwitch
+    from webapp.services import deploy
+
+    headers = trader(client, "rounds@example.com")
+    sids = [api_strategy(client, headers, buy_time="10:00:00", sell_time="10:00:20", weekdays="2")
+            for _ in range(2)]
+    with app.app_context():
+        for sid in sids:
+            db.session.get(Strategy, sid).deployed = True
+        db.session.commit()
+    with app.app_context():
+        first = deploy.deploy_round()
+        again = deploy.deploy_round()
+    assert sorted(first.begun) == sids and again.begun == again.skipped == []
+    assert [len(runs_on(app, sid, WED)) for sid in sids] == [1, 1]
+    assert strategy_row(app, sids[0]).status == "waiting_entry"
+
+    other = trader(client, "halted@example.com")
+    halted = api_strategy(client, other, buy_time="10:00:00", sell_time="10:00:20", weekdays="2")
+    with app.app_context():
+        db.session.get(Strategy, halted).deployed = True
+        user_id = db.session.get(Strategy, halted).user_id
+        db.session.add(KillSwitch(user_id=user_id, reason="broker incident"))
+        db.session.commit()
+        report = deploy.deploy_round()
+    assert report.skipped == [halted]
+    assert [(r.status, r.reason) for r in runs(app, halted)] == [
+        ("skipped", "Skipped Wed 23 Dec: Trading is halted by the admin: broker incident")]
+    assert strategy_row(app, halted).status_reason == runs(app, halted)[0].reason
+    assert [a.severity for a in audits(app, halted, "run_skipped")] == ["warning"]
+
+    armed(at(WED, BUY_AT) + timedelta(seconds=1))  # past the buy time: nothing more for anyone today
+    with app.app_context():
+        late = deploy.deploy_round()
+    assert late.begun == late.skipped == []
+
+
+def test_a_trigger_another_scheduler_moved_is_not_taken_from_the_cache_for_the_next_run(app, monkeypatch):
+    """Every run of a strategy registers its BUY under the same job id: a scheduler that prefetched run 1's
+    BUY, moved by the other scheduler, must move run 2's BUY next day, not run 1's payload again."""
+    from jobs.scheduler import Mover
+    from webapp import redis_client
+    from webapp.engine import schedule
+    from webapp.engine.events import BUY
+
+    def to(moment: datetime) -> None:
+        monkeypatch.setattr(clock, "OFFSET", moment - datetime.now(timezone.utc))
+
+    with app.app_context():
+        conn = redis_client.current()
+        first = (clock.now() + timedelta(seconds=5)).replace(microsecond=0)
+        schedule.register(conn, Event.for_run(BUY, 7, 1, first), first)
+        ours, theirs = Mover(conn), Mover(conn)
+        ours.prefetch(first.timestamp())
+        to(first + timedelta(milliseconds=5))
+        assert theirs.move_due() == ["7:BUY:1"]
+        assert ours.move_due() == []
+        following = first + timedelta(days=1)
+        schedule.register(conn, Event.for_run(BUY, 7, 2, following), following)
+        to(following + timedelta(milliseconds=5))
+        assert ours.move_due() == ["7:BUY:2"]

@@ -93,8 +93,12 @@ def deploy_round() -> Report:
         return report
     arm = timedelta(seconds=current_app.config["RUN_ARM_SECONDS"])
     ran_today = exists().where(Run.strategy_id == Strategy.id, Run.run_date == today.isoformat())
-    candidates = db.session.scalars(select(Strategy).where(
-        Strategy.deployed.is_(True), Strategy.weekdays.contains(str(today.weekday())), ~ran_today))
+    query = select(Strategy).where(Strategy.deployed.is_(True), Strategy.weekdays.contains(str(today.weekday())),
+                                   ~ran_today)
+    armed_until = (now + arm).astimezone(IST)
+    if armed_until.date() == today:  # buy times are HH:MM:SS strings: the ones armed by now sort before this
+        query = query.where(Strategy.buy_time <= armed_until.strftime("%H:%M:%S"))
+    candidates = db.session.scalars(query)
     due = [s for s in candidates if now >= instant(today, parse_time(s.buy_time)) - arm]
     if not due:
         return report

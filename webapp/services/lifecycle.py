@@ -163,6 +163,7 @@ def _deploy(conn: redis.Redis, strategy: Strategy) -> str:
     if strategy.deployed:
         return f"Already deployed ({days}). Next run {following:%a %d %b}, BUY at {strategy.buy_time} IST."
     strategy.deployed = True
+    close_run(strategy)  # the last run's reason goes to its row before the strategy's says this
     strategy.status_reason = message
     db.session.add(_audit(strategy, "strategy_deployed", {"weekdays": strategy.weekdays,
                                                           "next_run": following.isoformat()}))
@@ -291,6 +292,7 @@ def _undeploy(strategy: Strategy) -> bool:
     for a deployer that may be beginning today's run at this very moment; the refresh then sees that run."""
     strategy.deployed = False
     if not is_running(strategy.status):
+        close_run(strategy)
         strategy.status_reason = UNDEPLOYED
     db.session.add(_audit(strategy, "strategy_undeployed", {"weekdays": strategy.weekdays}))
     db.session.commit()
