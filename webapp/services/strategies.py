@@ -94,7 +94,8 @@ def _blank(raw: object) -> bool:
     return raw is None or (isinstance(raw, str) and not raw.strip())
 
 
-def _choice(data: dict, field: str, choices: tuple[str, ...], default: str | None, upper: bool = False) -> str | None:
+def _choice(data: dict, field: str, default: str | None, upper: bool = False) -> str | None:
+    """A choice as sent, trimmed and in its canonical case (the caller checks it is one of its list)."""
     raw = data.get(field)
     if _blank(raw):
         return default
@@ -234,7 +235,7 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
     """The "More options": direction, stop and target types, trailing, breakeven, order type, weekdays.
     Fills `clean` (None where not used) and returns the messages per bad field."""
     errors: dict[str, str] = {}
-    direction = _choice(data, "direction", exits.DIRECTIONS, exits.LONG)
+    direction = _choice(data, "direction", exits.LONG)
     clean["direction"] = direction
     if direction not in exits.DIRECTIONS:
         errors["direction"] = "Must be long (buy first) or short (sell first)."
@@ -243,7 +244,7 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
                                "(CNC).")
     short = direction == exits.SHORT
 
-    stop_type = _choice(data, "stop_loss_type", exits.STOP_TYPES, exits.PRICE)
+    stop_type = _choice(data, "stop_loss_type", exits.PRICE)
     clean["stop_loss_type"] = stop_type
     if stop_type not in exits.STOP_TYPES:
         errors["stop_loss_type"] = "Must be price, percent or points."
@@ -254,7 +255,7 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
     elif stop_type == exits.PERCENT and not short and clean["stop_loss"] >= 100:
         errors["stop_loss"] = "A long's stop must be under 100% below the entry (100% is a price of 0)."
 
-    target_type = _choice(data, "target_type", TARGET_TYPES, None)
+    target_type = _choice(data, "target_type", None)
     if target_type == "none":
         target_type = None
     clean["target_type"], clean["target"] = target_type, None
@@ -270,7 +271,7 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
             elif target_type == exits.PERCENT and short and clean["target"] >= 100:
                 errors["target"] = "A short's target must be under 100% below the entry (100% is a price of 0)."
 
-    unit = _choice(data, "trail_unit", exits.TRAIL_UNITS, exits.POINTS)
+    unit = _choice(data, "trail_unit", exits.POINTS)
     if unit not in exits.TRAIL_UNITS:
         errors["trail_unit"] = "Must be points or percent."
         unit = exits.POINTS
@@ -295,7 +296,7 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
     clean["trail_every"], clean["trail_by"], clean["breakeven_at"] = every, by, amounts["breakeven_at"]
     clean["trail_unit"] = unit if any(v is not None for v in amounts.values()) else None
 
-    order_type = _choice(data, "order_type", ORDER_TYPES, "MARKET", upper=True)
+    order_type = _choice(data, "order_type", "MARKET", upper=True)
     clean["order_type"] = order_type
     clean["limit_buffer_pct"] = clean["limit_wait_seconds"] = None
     if order_type not in ORDER_TYPES:
