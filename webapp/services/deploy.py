@@ -104,16 +104,19 @@ def deploy_round() -> Report:
         return report
     conn = redis_client.current()
     for strategy in due:
+        ids = {"strategy_id": strategy.id, "user_id": strategy.user_id}
         try:
             with lifecycle.run_lock(conn, strategy, blocking=False) as held:
                 if not held:
                     report.busy.append(strategy.id)
                     continue
                 _arm(conn, strategy, today, report)
+        except (redis.ConnectionError, redis.TimeoutError):
+            db.session.rollback()
+            raise  # Redis is down for every strategy: the round is over (the scheduler logs it once)
         except Exception:  # noqa: BLE001 — one strategy's trouble must not hold up the others' runs
             db.session.rollback()
-            log.exception("deploying a strategy failed", extra={"event": "deploy_failed", "strategy_id": strategy.id,
-                                                                 "user_id": strategy.user_id})
+            log.exception("deploying a strategy failed", extra={"event": "deploy_failed", **ids})
     if report.begun or report.skipped:
         log.info("deployer acted", extra={"event": "deploy_round", "begun": report.begun, "skipped": report.skipped,
                                           "busy": report.busy})
