@@ -4,8 +4,15 @@ back after a Redis wipe, triggers a full resync, as does a slow periodic timer, 
 keeps the feed subscribed to exactly the instruments they need, records last prices, and turns the first
 tick that crosses a held position's stop-loss into one STOPLOSS event on the priority queue, and the first
 that reaches its target into one TARGET (the stop wins when one tick crosses both). A trailing stop moves
-here, at tick speed, with the rules of webapp/engine/exits.py: each move is indexed at once and written
-(coalesced, in the 100 ms price flush) to the runtime hash's trail_stop and the run's stop-moves series.
+here, at tick speed, with the rules of webapp/engine/exits.py, and is written (coalesced, in the 100 ms price
+flush) to the runtime hash's trail_stop and the run's stop-moves series.
+
+A trailing stop is moved lazily: while the price keeps making new highs (lows for a short) a stop cannot be
+hit, since it stays below the best price, so the strategies whose trailing level the run of ticks passed
+are only noted (Pending); the first tick that turns back moves them all to that run's best before anything
+is checked against it. A trend costs a comparison a tick; each move is computed once a turn (and once a
+flush, to write it). Terms under which a moved stop could reach the price itself (trail_by > trail_every, a
+stop on the wrong side of the entry) are moved at once on every crossing instead.
 
 A fired exit (STOPLOSS or TARGET) is not forgotten: a strategy still in position STOPLOSS_REFIRE_SECONDS later (its job lost in
 a Redis wipe, its worker killed, the job failed) is fired again with the same event id while the price is
@@ -100,6 +107,25 @@ class Fired:
     due: float  # monotonic: from then on it is fired again while the price is at or beyond the level
 
 
+@dataclass(slots=True)
+class Pending:
+    """One instrument's trailing stops passed by a run of ticks that has not turned yet: longs while every
+    tick is at or above `high` (their best price is then exactly `high`), shorts while at or below `low`."""
+    rising: set[int]
+    high: float
+    falling: set[int]
+    low: float
+
+
+def _lazy(watch: Watch) -> bool:
+    """A stop that, however far it trails, stays short of the best price: it can wait for the turn."""
+    if (watch.entry - watch.initial) * exits.sign(watch.direction) <= 0:
+        return False
+    if watch.trail_every and watch.trail_by and watch.trail_by > watch.trail_every:
+        return False
+    return watch.breakeven_at is None or watch.breakeven_at > 0
+
+
 def _float(raw: bytes | None) -> float | None:
     return float(raw) if raw else None
 
@@ -149,6 +175,8 @@ class Listener:
         self.holders: Counter[str] = Counter()  # members per instrument: what the feed must be subscribed to
         self.fired: dict[str, Fired] = {}  # by event id: exits sent for strategies still in position
         self.moved: dict[int, tuple[int, float, int]] = {}  # strategy → (run, stop, epoch ms): moves to write
+        self.written: dict[int, tuple[int, float]] = {}  # strategy → (run, stop) last written to Redis
+        self.pending: dict[str, Pending] = {}  # instrument → trailing stops waiting for the price to turn
         self.subscribed: dict[str, Instrument] = {}
         self.subscribed_at: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
@@ -172,12 +200,14 @@ class Listener:
         found: list[tuple[Member, Tick, str, float]] = []
         with self.lock:
             self.ticks += len(ticks)
-            pop = self.index.pop_crossed
+            pop, pending = self.index.pop_crossed, self.pending
             for tick in ticks:
                 key = tick.instrument.key
                 self.pending_prices[key] = self.prices[key] = tick.price
                 self.last_tick[key] = now
                 self.ticked.add(key)
+                if pending and key in pending:
+                    self._ride(key, pending[key], tick.price)
                 crossed = pop(key, tick.price)  # nearly always [] at the cost of two comparisons
                 if crossed:
                     self._crossed(tick, crossed, found)
@@ -200,6 +230,9 @@ class Listener:
         """Caller holds the lock."""
         found: list[tuple[Member, Tick, str, float]] = []
         for tick in ticks:
+            wait = self.pending.get(tick.instrument.key)
+            if wait is not None:
+                self._ride(tick.instrument.key, wait, tick.price)
             crossed = self.index.pop_crossed(tick.instrument.key, tick.price)
             if crossed:
                 self._crossed(tick, crossed, found)
@@ -223,6 +256,9 @@ class Listener:
                 hit = (STOPLOSS, watch.stop)
             elif mask & 1 << ix.TARGET:
                 hit = (TARGET, watch.target)
+            elif _lazy(watch):
+                self._wait_for_turn(member, watch, price)
+                continue
             else:
                 self._move(member, watch, price)
                 if not exits.stop_hit(watch.direction, price, watch.stop):
@@ -231,7 +267,38 @@ class Listener:
             self.index.remove(sid)
             found.append((member, tick, *hit))
 
-    def _move(self, member: Member, watch: Watch, price: float) -> None:
+    def _wait_for_turn(self, member: Member, watch: Watch, price: float) -> None:
+        """Caller holds the lock. The price passed a trailing level of a stop that can wait: noted, moved
+        at the turn (its trailing level stays out of the index till then)."""
+        key = member.instrument.key
+        wait = self.pending.get(key)
+        if wait is None:
+            wait = self.pending[key] = Pending(set(), price, set(), price)
+        if watch.direction == exits.SHORT:
+            wait.falling.add(member.strategy_id)
+            wait.low = price  # _ride saw to it: no tick of this run was lower
+        else:
+            wait.rising.add(member.strategy_id)
+            wait.high = price
+
+    def _ride(self, key: str, wait: Pending, price: float) -> None:
+        """Caller holds the lock; before the price is checked against the index. A new best carries the
+        waiting stops along; a turn moves them all to the run's best, so the index is exact again."""
+        if (wait.rising and price < wait.high) or (wait.falling and price > wait.low):
+            del self.pending[key]
+            stamp = int(clock.epoch() * 1000)
+            for sids, best in ((wait.rising, wait.high), (wait.falling, wait.low)):
+                for sid in sids:
+                    member = self.members.get(sid)
+                    if member is not None and member.watch is not None and sid in self.index:
+                        self._move(member, member.watch, best, stamp)
+            return
+        if wait.rising:
+            wait.high = price
+        if wait.falling:
+            wait.low = price
+
+    def _move(self, member: Member, watch: Watch, price: float, stamp: int | None = None) -> None:
         """Caller holds the lock. The price reached a trailing level: the stop moves (tighter only) and is
         indexed where it now is, beside the next level at which it moves again."""
         if (price - watch.best) * exits.sign(watch.direction) > 0:
@@ -242,8 +309,44 @@ class Listener:
             watch.stop = stop
             self.index.set(member.instrument.key, member.strategy_id, ix.STOP,
                            ix.RISE if watch.direction == exits.SHORT else ix.FALL, stop)
-            self.moved[member.strategy_id] = (member.run_id, stop, int(clock.epoch() * 1000))
+            self.moved[member.strategy_id] = (member.run_id, stop, stamp or int(clock.epoch() * 1000))
         self._index_trail(member, watch)
+
+    def stop_of(self, strategy_id: int) -> float | None:
+        """The stop in force for a held strategy, a move waiting for the turn included."""
+        with self.lock:
+            member = self.members.get(strategy_id)
+            watch = member.watch if member is not None else None
+            if watch is None:
+                return None
+            wait = self.pending.get(member.instrument.key)
+            if wait is not None and strategy_id in (wait.falling if watch.direction == exits.SHORT else wait.rising):
+                best = wait.low if watch.direction == exits.SHORT else wait.high
+                return round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, best,
+                                              watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
+            return watch.stop
+
+    def _waiting_moves(self) -> dict[int, tuple[int, float, int]]:
+        """Where the stops waiting for a turn stand now, to be written: one instrument at a time under the
+        lock, so a flush never holds a tick back for long. The index is left as it is (see _ride)."""
+        stamp = int(clock.epoch() * 1000)
+        moves: dict[int, tuple[int, float, int]] = {}
+        for key in list(self.pending):
+            with self.lock:
+                wait = self.pending.get(key)
+                if wait is None:
+                    continue
+                for sids, best in ((wait.rising, wait.high), (wait.falling, wait.low)):
+                    for sid in sids:
+                        member = self.members.get(sid)
+                        watch = member.watch if member is not None else None
+                        if watch is None:
+                            continue
+                        stop = round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, best,
+                                                      watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
+                        if stop != watch.stop:
+                            moves[sid] = (member.run_id, stop, stamp)
+        return moves
 
     def _catch_up(self, instruments: Iterable[Instrument]) -> None:
         """Levels just (re)indexed that the last known price already crossed act now, not on a next tick
@@ -482,6 +585,7 @@ class Listener:
         member = self.members.pop(sid, None)
         if member is not None:
             self.index.remove(sid)
+            self.written.pop(sid, None)
             self.holders[member.instrument.key] -= 1
             if not self.holders[member.instrument.key]:
                 del self.holders[member.instrument.key]
@@ -540,6 +644,11 @@ class Listener:
             prices, self.pending_prices = self.pending_prices, {}
             ticked, self.ticked = self.ticked, set()
             moved, self.moved = self.moved, {}
+        if self.pending:
+            moved.update(self._waiting_moves())
+        # A stop already written (a waiting one, then the same move made at the turn) is not written again.
+        moved = {sid: move for sid, move in moved.items() if self.written.get(sid) != move[:2]}
+        self.written.update((sid, move[:2]) for sid, move in moved.items())
         if not prices and not moved:
             return
         pipe = self.conn.pipeline(transaction=False)
@@ -719,7 +828,7 @@ _WRITE_MOVES = """
 local ttl, field = ARGV[1], ARGV[2]
 for i = 1, #KEYS, 3 do
   local a = 3 + (i - 1)
-  if redis.call('HGET', KEYS[i], 'run_id') == ARGV[a] and redis.call('EXISTS', KEYS[i + 1]) == 1 then
+  if redis.call('HGET', KEYS[i], 'run_id') == ARGV[a] then  -- deleted together with the runtime hash
     redis.call('HSET', KEYS[i + 1], field, ARGV[a + 1])
     redis.call('RPUSH', KEYS[i + 2], ARGV[a + 2])
     redis.call('EXPIRE', KEYS[i + 2], ttl)

@@ -169,11 +169,11 @@ def test_a_trailing_stop_moves_tighter_only_is_written_coalesced_and_survives_a_
     runtime.activate(redis_conn, held(7, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("5")))
     listener.resync()
     listener.on_ticks([Tick(INFY, 1509.0)])
-    assert listener.members[7].watch.stop == 1400.0
+    assert listener.stop_of(7) == 1400.0
     listener.on_ticks([Tick(INFY, 1510.0), Tick(INFY, 1525.0)])
-    assert listener.members[7].watch.stop == 1410.0
+    assert listener.stop_of(7) == 1410.0
     listener.on_ticks([Tick(INFY, 1500.0)])  # falling back never loosens it
-    assert listener.members[7].watch.stop == 1410.0
+    assert listener.stop_of(7) == 1410.0
     listener.flush_prices()
     run = listener.members[7].run_id
     assert redis_conn.hget(keys.runtime(7), runtime.TRAIL_STOP) == b"1410.0"
@@ -182,16 +182,16 @@ def test_a_trailing_stop_moves_tighter_only_is_written_coalesced_and_survives_a_
 
     listener.on_ticks([Tick(INFY, 1541.0)])  # moved to 1420, not yet flushed: a resync keeps the tighter stop
     listener.resync()
-    assert listener.members[7].watch.stop == 1420.0
+    assert listener.stop_of(7) == 1420.0
     listener.flush_prices()
 
     quiet = tmp_path / "quiet2.csv"
     quiet.write_text("offset_seconds,symbol,price\n")
     restarted = Listener(app, redis_conn, ScriptedFeed(quiet))
     restarted.resync()
-    assert restarted.members[7].watch.stop == 1420.0  # the tighter of stop_price and trail_stop
+    assert restarted.stop_of(7) == 1420.0  # the tighter of stop_price and trail_stop
     restarted.on_ticks([Tick(INFY, 1551.0)])
-    assert restarted.members[7].watch.stop == 1425.0
+    assert restarted.stop_of(7) == 1425.0
     restarted.on_ticks([Tick(INFY, 1425.0)])
     assert queued(redis_conn) == [("7:STOPLOSS:7", "1425.00")]
 
@@ -219,7 +219,30 @@ def test_a_trailing_level_the_last_price_already_passed_moves_the_stop_at_once(l
     runtime.activate(redis_conn, held(8, stop="10", stop_loss_type="points", direction="short",
                                       trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10")))
     listener.on_message({"seq": listener.seq + 1, "strategy_id": 8, "symbol": "INFY", "status": "in_position"})
-    assert listener.members[8].watch.stop == 1490.0  # 20 in favour already: two moves
+    assert listener.stop_of(8) == 1490.0  # 20 in favour already: two moves
     assert queued(redis_conn) == []
     listener.on_ticks([Tick(INFY, 1490.0)])
     assert queued(redis_conn) == [("8:STOPLOSS:8", "1490.00")]
+
+
+def test_a_stop_that_could_trail_past_the_price_moves_at_once_and_fires_on_that_tick(listener, redis_conn):
+    # Every 5 points in favour the stop moves 10: it can pass the price, so it is not left for the turn.
+    runtime.activate(redis_conn, held(7, stop="5", stop_loss_type="points", trail_unit="points",
+                                      trail_every=Decimal("5"), trail_by=Decimal("10")))  # stop 1495
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1504.0)])
+    assert listener.pending == {} and queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1505.0)])  # the stop moves to 1505: that very price is at it
+    assert queued(redis_conn) == [("7:STOPLOSS:7", "1505.00")]
+
+
+def test_a_run_of_new_highs_moves_waiting_stops_at_the_turn_before_the_turn_is_checked(listener, redis_conn):
+    for sid in (7, 8):  # every 10 in favour, 10 up: stops 1400 → 1480 by the top at 1580
+        runtime.activate(redis_conn, held(sid, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10")))
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1500.0 + 10 * k) for k in range(1, 9)])
+    assert set(listener.pending["NSE:INFY"].rising) == {7, 8} and listener.index.levels(7)[STOP] == 1400.0
+    assert listener.stop_of(7) == listener.stop_of(8) == 1480.0
+    listener.on_ticks([Tick(INFY, 1479.0)])  # the turn: both moved to 1480 first, then both fire
+    assert sorted(queued(redis_conn)) == [("7:STOPLOSS:7", "1479.00"), ("8:STOPLOSS:8", "1479.00")]
+    assert listener.pending == {}
