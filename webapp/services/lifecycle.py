@@ -243,13 +243,16 @@ def begin_run(conn: redis.Redis, strategy: Strategy, today: date, *, deploy: boo
 
 def close_run(strategy: Strategy) -> Run | None:
     """The strategy's last run gets its outcome from the strategy's own columns, which the next run is about
-    to reset: while a run is the current one, the strategy says how it ended; afterwards its row does."""
+    to reset: while a run is the current one, the strategy says how it ended; afterwards its row does.
+    Returns the run if this call wrote it (None if there is none, or it was closed before: by a skipped
+    day, a deployment or an undeployment, whose reasons then replace the strategy's)."""
     if strategy.run_id is None:
         return None
     run = db.session.get(Run, strategy.run_id)
-    if run is not None and run.status is None:
-        run.status, run.reason = strategy.status, strategy.status_reason
-        run.stop_price, run.target_price = strategy.stop_price, strategy.target_price
+    if run is None or run.status is not None:
+        return None
+    run.status, run.reason = strategy.status, strategy.status_reason
+    run.stop_price, run.target_price = strategy.stop_price, strategy.target_price
     return run
 
 
