@@ -62,7 +62,10 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp import cli, http, live
     from webapp.market_calendar import IST
 
+    from webapp.strategies.terms_text import facts
+
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
+    app.add_template_global(facts, "strategy_facts")
 
     http.init_app(app)
     cli.init_app(app)
