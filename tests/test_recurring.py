@@ -311,3 +311,18 @@ def test_a_trigger_another_scheduler_moved_is_not_taken_from_the_cache_for_the_n
         schedule.register(conn, Event.for_run(BUY, 7, 2, following), following)
         to(following + timedelta(milliseconds=5))
         assert ours.move_due() == ["7:BUY:2"]
+
+
+def test_next_run_names_the_next_trading_weekday(app, armed):
+    """deploy.next_run (for pages and the status API): today's buy while it is ahead and today has no run,
+    else the next of its weekdays the calendar trades, holidays skipped."""
+    from webapp.services import deploy
+
+    strategy = Strategy(buy_time="10:00:00", weekdays="034", deployed=True)  # Mon, Thu, Fri
+    with app.app_context():
+        assert deploy.describe_weekdays(strategy.weekdays) == "Mon, Thu, Fri"
+        # Wed 23 Dec, armed: Thursday is next; Friday 25 Dec is a holiday, so Monday after it.
+        assert deploy.next_run(strategy) == at(THU, BUY_AT)
+        assert deploy.next_run(strategy, at(THU, BUY_AT) + timedelta(seconds=1)) == at(MON, BUY_AT)
+        strategy.deployed = False
+        assert deploy.next_run(strategy) is None
