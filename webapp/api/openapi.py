@@ -111,6 +111,10 @@ STRATEGY_STATUS = {
         "last_price": NULLABLE_MONEY,
         "entry_price": NULLABLE_MONEY,
         "exit_price": NULLABLE_MONEY,
+        "direction": DIRECTION,
+        "stop_price": {**NULLABLE_MONEY, "description": "the stop in force (trailed, once it has moved); null "
+                                                        "before the entry fills"},
+        "target_price": {**NULLABLE_MONEY, "description": "the target in force; null without one or before entry"},
         "pnl": NULLABLE_MONEY,
         "pnl_percent": {"type": "string", "nullable": True, "description": "percent of the entry value"},
         "status_reason": {"type": "string", "nullable": True},
@@ -223,6 +227,39 @@ CHART = {
     },
 }
 
+MONEY_OUT = {"type": "string", "description": "rupees, as a decimal string (negative: a loss)"}
+RISK = {"type": "object", "required": ["daily_loss_limit", "max_open_positions", "running_strategies", "today", "halt"],
+        "properties": {
+            "daily_loss_limit": {"type": "string", "nullable": True, "description": "rupees, positive; null: no limit"},
+            "max_open_positions": {"type": "integer", "nullable": True, "minimum": 1, "maximum": 1000},
+            "running_strategies": {"type": "integer", "minimum": 0},
+            "today": {"type": "object", "required": ["trading_day", "pnl", "realised", "unrealised", "open_positions",
+                                                     "unpriced_strategies", "runs", "daily_loss_limit", "limit_hit"],
+                      "properties": {"trading_day": {"type": "string", "format": "date"}, "pnl": MONEY_OUT,
+                                     "realised": MONEY_OUT, "unrealised": MONEY_OUT,
+                                     "open_positions": {"type": "integer", "minimum": 0},
+                                     "unpriced_strategies": {"type": "array", "items": {"type": "integer"}},
+                                     "runs": {"type": "integer", "minimum": 0},
+                                     "daily_loss_limit": {"type": "string", "nullable": True},
+                                     "limit_hit": {"type": "boolean"}}},
+            "halt": {"type": "object", "nullable": True, "required": ["trading_day", "reason", "created_at"],
+                     "properties": {"trading_day": {"type": "string", "format": "date"}, "reason": {"type": "string"},
+                                    "created_at": {"type": "string", "format": "date-time"}}}}}
+RISK_INPUT = {"type": "object", "properties": {
+    "daily_loss_limit": {"oneOf": [{"type": "string"}, {"type": "number"}], "nullable": True,
+                         "description": "rupees > 0, at most two decimals"},
+    "max_open_positions": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": True,
+                           "description": "1 to 1000"}},
+    "example": {"daily_loss_limit": "5000", "max_open_positions": 3}}
+RISK_PATHS = {"/api/v1/risk": {
+    "get": {"summary": "Your risk limits, today's P&L against the daily loss limit, and today's halt",
+            "security": SECURED, "responses": {"200": _json(RISK, "risk limits"), **_errors(401)}},
+    "put": {"summary": "Set your risk limits: a field absent is left as it is; null or \"\" removes that limit. "
+                       "Audited.",
+            "security": SECURED,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": RISK_INPUT}}},
+            "responses": {"200": _json(RISK, "the limits as they now are"), **_errors(400, 401, 422)}}}}
+
 SPEC = {
     "openapi": "3.0.3",
     "info": {"title": "Algo trading API", "version": "1.0.0",
@@ -324,5 +361,6 @@ SPEC = {
                                                 "properties": {"orders": {"type": "array", "items": ORDER}}},
                                                "orders"), **_errors(401, 404)}},
         },
+        **RISK_PATHS,
     },
 }
