@@ -117,6 +117,9 @@ def test_hitting_the_daily_loss_limit_stops_and_squares_off_every_strategy_of_th
     reason = refusal(app, "loser@example.com")
     assert reason is not None and reason.startswith("Daily loss limit hit at ")
     assert reason.endswith(" IST (−₹2,110.50 of −₹2,000.00): trading resumes next trading day.")
+    fourth = api_strategy(client, loser, buy_time="11:00", sell_time="15:00")
+    refused = client.post(f"/api/v1/strategy/{fourth}/start", headers=loser)
+    assert refused.status_code == 409 and refused.json["message"] == reason
     # Shown: the API, the settings page and the banner on every page.
     shown = client.get("/api/v1/risk", headers=loser).json
     assert shown["halt"]["reason"] == halts[0].reason and shown["today"]["pnl"] == "-2110.50"
@@ -147,6 +150,8 @@ def test_max_open_positions_refuses_the_start_past_it(app, client, redis_conn):
     reason = refusal(app, "capped@example.com")
     assert reason == ("You already have 2 running strategies, your maximum of open positions (2). Stop one, or "
                       "raise the limit in Settings → Risk limits.")
+    refused = client.post(f"/api/v1/strategy/{sids[2]}/start", headers=headers)
+    assert refused.status_code == 409 and refused.json["message"] == reason
     # A stopped one frees a place; no limit, no refusal.
     assert client.post(f"/api/v1/strategy/{sids[0]}/stop", headers=headers).status_code == 202
     with app.app_context():

@@ -21,7 +21,7 @@ from webapp.extensions import db
 from webapp.keys import runtime_lock
 from webapp.market_calendar import exchange_date, instant, is_trading_day, next_trading_day, parse_time
 from webapp.models import AuditEvent, Run, Strategy, kill_switch_for
-from webapp.services import broker_accounts, strategies
+from webapp.services import broker_accounts, risk, strategies
 from webapp.state_machine import Status, can_transition, is_running
 
 log = logging.getLogger("services.lifecycle")
@@ -70,7 +70,7 @@ def start_refusal(strategy: Strategy) -> str | None:
         return standing
     if broker_accounts.account_for(strategy.user).needs_login(clock.now()):
         return LOGIN_REQUIRED
-    return None
+    return risk.start_refusal(strategy.user, clock.now())  # the day's loss halt, the open-positions cap
 
 
 def _standing_refusal(strategy: Strategy) -> str | None:
@@ -95,22 +95,29 @@ def _standing_refusal(strategy: Strategy) -> str | None:
 @contextmanager
 def run_lock(conn: redis.Redis, strategy: Strategy, blocking: bool = True) -> Iterator[bool]:
     """What START and the deployer hold from a run's checks (start_refusal) through its commit: today the
-    strategy's runtime lock, which the engine also holds while it acts. Blocking: waits up to 10 s, then
-    raises LockError (a RedisError: "engine unavailable"). Not blocking: yields False, holding nothing,
-    when someone else holds it (the deployer tries again next round)."""
-    lock = conn.lock(runtime_lock(strategy.id), timeout=30, blocking_timeout=10)
-    if not lock.acquire(blocking=blocking):
-        if blocking:
-            raise LockError("Unable to acquire lock within the time specified")
-        yield False
-        return
+    strategy's runtime lock, which the engine also holds while it acts, then its user's lock, so the
+    user's running strategies are counted against their cap one START at a time and no START slips past
+    the risk watcher's halt (which takes only the user's lock: the order strategy → user cannot deadlock).
+    Blocking: waits up to 10 s for each, then raises LockError (a RedisError: "engine unavailable"). Not
+    blocking: yields False, holding nothing, when someone else holds either (the deployer tries again)."""
+    locks = [conn.lock(runtime_lock(strategy.id), timeout=30, blocking_timeout=10),
+             risk.user_lock(conn, strategy.user_id)]
+    taken = []
     try:
+        for lock in locks:
+            if not lock.acquire(blocking=blocking):
+                if blocking:
+                    raise LockError("Unable to acquire lock within the time specified")
+                yield False
+                return
+            taken.append(lock)
         yield True
     finally:
-        try:
-            lock.release()
-        except LockError:
-            pass  # expired under us: nothing of ours left to give back
+        for lock in reversed(taken):
+            try:
+                lock.release()
+            except LockError:
+                pass  # expired under us: nothing of ours left to give back
 
 
 def _start(strategy: Strategy) -> str:

@@ -388,6 +388,8 @@ class NotEditable(Exception):
 def _ensure_editable(strategy: Strategy) -> None:
     if not is_editable(strategy.status):
         raise NotEditable("Stop the strategy before you change or delete it.")
+    if strategy.deployed:  # its next run would begin from terms changed under it
+        raise NotEditable("This strategy is deployed: STOP it before you change or delete it.")
     if strategy.position:
         raise NotEditable("This strategy still holds a position; square it off first.")
 
