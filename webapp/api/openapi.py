@@ -260,6 +260,111 @@ RISK_PATHS = {"/api/v1/risk": {
             "requestBody": {"required": True, "content": {"application/json": {"schema": RISK_INPUT}}},
             "responses": {"200": _json(RISK, "the limits as they now are"), **_errors(400, 401, 422)}}}}
 
+MONEY_OR_NULL = {"type": "string", "nullable": True, "pattern": r"^-?\d+\.\d{2}$",
+                 "description": "a decimal string with two places (rupees, or percent for pnl_percent); no ₹, no "
+                                "grouping"}
+TWO_PLACES = {"type": "string", "pattern": r"^-?\d+\.\d{2}$"}
+RUN = {
+    "type": "object",
+    "required": ["run_id", "run_date", "started_at", "direction", "status", "status_text", "reason", "current",
+                 "in_progress", "entry_quantity", "entry_price", "exit_quantity", "exit_price", "open_quantity",
+                 "last_price", "pnl", "pnl_percent", "realised", "cumulative_pnl", "stop_price", "target_price",
+                 "orders"],
+    "properties": {
+        "run_id": {"type": "integer"},
+        "run_date": {"type": "string", "format": "date", "description": "the IST trading day"},
+        "started_at": {"type": "string", "format": "date-time", "description": "when the run was begun or skipped"},
+        "direction": DIRECTION,
+        "status": {"type": "string", "nullable": True, "enum": [*STATUS["enum"], "skipped", None],
+                   "description": "how the run ended (the current run: the strategy's status now); skipped: a day of "
+                                  "a recurring strategy that never ran; null: an old run whose outcome was never "
+                                  "recorded"},
+        "status_text": {"type": "string", "description": "the status in a trader's words, e.g. 'Stop-loss hit'"},
+        "reason": {"type": "string", "nullable": True},
+        "current": {"type": "boolean", "description": "the strategy's latest run"},
+        "in_progress": {"type": "boolean", "description": "current and still running"},
+        "entry_quantity": {"type": "integer", "minimum": 0,
+                           "description": "filled on the entry side (BUY long, SELL short)"},
+        "entry_price": {**MONEY_OR_NULL, "description": "average entry fill price"},
+        "exit_quantity": {"type": "integer", "minimum": 0},
+        "exit_price": {**MONEY_OR_NULL, "description": "average exit fill price"},
+        "open_quantity": {"type": "integer", "minimum": 0, "description": "entered and not exited, per the fills"},
+        "last_price": {**MONEY_OR_NULL, "description": "the price an in-progress run's open position is marked at"},
+        "pnl": {**MONEY_OR_NULL, "description": "rupees from the fills; null when nothing was entered or an open "
+                                                "position cannot be valued"},
+        "pnl_percent": {**MONEY_OR_NULL, "description": "of the entry value"},
+        "realised": {"type": "boolean", "description": "the position is closed: pnl counts in the total"},
+        "cumulative_pnl": {**TWO_PLACES, "description": "realised P&L of every run up to and including this one"},
+        "stop_price": MONEY_OR_NULL,
+        "target_price": MONEY_OR_NULL,
+        "orders": {"type": "integer", "minimum": 0, "description": "order rows of the run, every attempt"},
+    },
+    "additionalProperties": False,
+}
+RUNS = {
+    "type": "object",
+    "required": ["strategy_id", "runs", "summary", "equity"],
+    "properties": {
+        "strategy_id": {"type": "integer"},
+        "runs": {"type": "array", "items": RUN, "description": "oldest first (by run date), skipped days included"},
+        "summary": {
+            "type": "object",
+            "required": ["runs", "skipped", "traded", "wins", "losses", "realised_pnl", "unrealised_pnl"],
+            "properties": {
+                "runs": {"type": "integer", "minimum": 0, "description": "runs that were not skipped"},
+                "skipped": {"type": "integer", "minimum": 0},
+                "traded": {"type": "integer", "minimum": 0, "description": "runs that entered"},
+                "wins": {"type": "integer", "minimum": 0},
+                "losses": {"type": "integer", "minimum": 0},
+                "realised_pnl": TWO_PLACES,
+                "unrealised_pnl": {**MONEY_OR_NULL, "description": "the in-progress run's open P&L, if valued"},
+            },
+            "additionalProperties": False,
+        },
+        "equity": {
+            "type": "array", "description": "the equity curve: one point per run that closed a position",
+            "items": {"type": "object", "required": ["run_id", "run_date", "pnl", "cumulative_pnl"],
+                      "properties": {"run_id": {"type": "integer"}, "run_date": {"type": "string", "format": "date"},
+                                     "pnl": MONEY_OR_NULL, "cumulative_pnl": TWO_PLACES},
+                      "additionalProperties": False},
+        },
+    },
+    "additionalProperties": False,
+}
+
+
+def _csv(description: str, columns: str) -> dict:
+    return {"description": f"{description} (UTF-8 CSV, an attachment; columns: {columns})",
+            "headers": {"Content-Disposition": {"schema": {"type": "string"},
+                                                "description": 'attachment; filename="strategy-<id>-….csv"'}},
+            "content": {"text/csv": {"schema": {"type": "string"}}}}
+
+
+HISTORY_PATHS = {
+    "/api/v1/strategy/{strategy_id}/runs": {
+        "parameters": ID_PARAM,
+        "get": {"summary": "Run history: each run's entry, exit, P&L and how it ended; totals; the equity curve",
+                "security": SECURED, "responses": {"200": _json(RUNS, "runs"), **_errors(401, 404)}},
+    },
+    "/api/v1/strategy/{strategy_id}/runs.csv": {
+        "parameters": ID_PARAM,
+        "get": {"summary": "The runs as CSV (one line per run, skipped days included)", "security": SECURED,
+                "responses": {"200": _csv("runs", "run_id, run_date, started_at_ist, direction, status, status_text, "
+                                                  "reason, entry_quantity, entry_price, exit_quantity, exit_price, "
+                                                  "open_quantity, pnl, pnl_percent, realised, cumulative_pnl, "
+                                                  "stop_price, target_price, in_progress"),
+                              **_errors(401, 404)}},
+    },
+    "/api/v1/strategy/{strategy_id}/orders.csv": {
+        "parameters": ID_PARAM,
+        "get": {"summary": "Every order as CSV, for tax and the broker's contract notes", "security": SECURED,
+                "responses": {"200": _csv("orders", "date_ist, time_ist, run_id, event, side, quantity, "
+                                                    "filled_quantity, average_price, broker_order_id, tag, status, "
+                                                    "attempt, error, event_id"),
+                              **_errors(401, 404)}},
+    },
+}
+
 SPEC = {
     "openapi": "3.0.3",
     "info": {"title": "Algo trading API", "version": "1.0.0",
@@ -362,5 +467,6 @@ SPEC = {
                                                "orders"), **_errors(401, 404)}},
         },
         **RISK_PATHS,
+        **HISTORY_PATHS,
     },
 }
