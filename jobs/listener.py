@@ -7,12 +7,13 @@ that reaches its target into one TARGET (the stop wins when one tick crosses bot
 here, at tick speed, with the rules of webapp/engine/exits.py, and is written (coalesced, in the 100 ms price
 flush) to the runtime hash's trail_stop and the run's stop-moves series.
 
-A trailing stop is moved lazily: while the price keeps making new highs (lows for a short) a stop cannot be
-hit, since it stays below the best price, so the strategies whose trailing level the run of ticks passed
-are only noted (Pending); the first tick that turns back moves them all to that run's best before anything
-is checked against it. A trend costs a comparison a tick; each move is computed once a turn (and once a
-flush, to write it). Terms under which a moved stop could reach the price itself (trail_by > trail_every, a
-stop on the wrong side of the entry) are moved at once on every crossing instead.
+A trailing stop is moved lazily. It always stays a known gap short of the best price reached (its initial
+distance from the entry, or breakeven_at), so when the price passes its trailing level it only joins its
+instrument's waiting stops (Waiting), whose best the following ticks carry along; the first tick that comes
+back far enough from that best that one of them could be hit moves those to the best before it is checked.
+A trend or a zigzag smaller than the stops' distance costs a comparison a tick; a flush works out where the
+waiting stops stand, to write them. Terms under which a moved stop could reach the price itself (trail_by >
+trail_every, a stop on the wrong side of the entry) move at once on every crossing instead.
 
 A fired exit (STOPLOSS or TARGET) is not forgotten: a strategy still in position STOPLOSS_REFIRE_SECONDS later (its job lost in
 a Redis wipe, its worker killed, the job failed) is fired again with the same event id while the price is
@@ -107,23 +108,33 @@ class Fired:
     due: float  # monotonic: from then on it is fired again while the price is at or beyond the level
 
 
+MARGIN = 0.01  # a moved stop is rounded to the paisa: the bound below is kept a paisa wide
+
+
 @dataclass(slots=True)
-class Pending:
-    """One instrument's trailing stops passed by a run of ticks that has not turned yet: longs while every
-    tick is at or above `high` (their best price is then exactly `high`), shorts while at or below `low`."""
-    rising: set[int]
-    high: float
-    falling: set[int]
-    low: float
+class Waiting:
+    """One instrument's trailing stops of one direction that the price carried along and that are not moved
+    yet. Since each joined, `best` is the furthest the price has gone in their favour (it joins at a new
+    best); a stop stays at least its gap short of best, so none can be hit before the price comes back
+    `gap` (the smallest) from it. Until then they cost nothing a tick."""
+    sign: int  # +1 longs (best is the high), -1 shorts (the low)
+    best: float
+    stops: dict[int, float]  # strategy → its gap
+    gap: float
 
 
-def _lazy(watch: Watch) -> bool:
-    """A stop that, however far it trails, stays short of the best price: it can wait for the turn."""
-    if (watch.entry - watch.initial) * exits.sign(watch.direction) <= 0:
-        return False
-    if watch.trail_every and watch.trail_by and watch.trail_by > watch.trail_every:
-        return False
-    return watch.breakeven_at is None or watch.breakeven_at > 0
+def _gap(watch: Watch) -> float | None:
+    """How far short of the best price the stop always stays, or None: it could reach the price itself, so
+    it moves at once. A stop trails at most trail_by for each trail_every in favour, so with trail_by ≤
+    trail_every it stays (entry − initial stop) behind; at breakeven it is breakeven_at behind."""
+    gap = (watch.entry - watch.initial) * exits.sign(watch.direction)
+    if gap <= 0 or (watch.trail_every and watch.trail_by and watch.trail_by > watch.trail_every):
+        return None
+    if watch.breakeven_at is not None:
+        if watch.breakeven_at <= 0:
+            return None
+        gap = min(gap, watch.breakeven_at)
+    return gap
 
 
 def _float(raw: bytes | None) -> float | None:
@@ -176,7 +187,7 @@ class Listener:
         self.fired: dict[str, Fired] = {}  # by event id: exits sent for strategies still in position
         self.moved: dict[int, tuple[int, float, int]] = {}  # strategy → (run, stop, epoch ms): moves to write
         self.written: dict[int, tuple[int, float]] = {}  # strategy → (run, stop) last written to Redis
-        self.pending: dict[str, Pending] = {}  # instrument → trailing stops waiting for the price to turn
+        self.pending: dict[str, list[Waiting]] = {}  # instrument → trailing stops waiting for the price to turn
         self.subscribed: dict[str, Instrument] = {}
         self.subscribed_at: dict[str, float] = {}
         self.last_tick: dict[str, float] = {}
@@ -256,8 +267,7 @@ class Listener:
                 hit = (STOPLOSS, watch.stop)
             elif mask & 1 << ix.TARGET:
                 hit = (TARGET, watch.target)
-            elif _lazy(watch):
-                self._wait_for_turn(member, watch, price)
+            elif self._wait_for_turn(member, watch, price):
                 continue
             else:
                 self._move(member, watch, price)
@@ -267,36 +277,54 @@ class Listener:
             self.index.remove(sid)
             found.append((member, tick, *hit))
 
-    def _wait_for_turn(self, member: Member, watch: Watch, price: float) -> None:
-        """Caller holds the lock. The price passed a trailing level of a stop that can wait: noted, moved
-        at the turn (its trailing level stays out of the index till then)."""
-        key = member.instrument.key
-        wait = self.pending.get(key)
+    def _wait_for_turn(self, member: Member, watch: Watch, price: float) -> bool:
+        """Caller holds the lock. The price passed a trailing level: the stop joins its instrument's waiting
+        ones when it can wait (its trailing level stays out of the index till it is moved). False: move it
+        now (it could reach the price, or the price is not at a new best for those already waiting)."""
+        gap = _gap(watch)
+        if gap is None:
+            return False
+        sign = exits.sign(watch.direction)
+        waits = self.pending.get(member.instrument.key)
+        wait = next((w for w in waits if w.sign == sign), None) if waits else None
         if wait is None:
-            wait = self.pending[key] = Pending(set(), price, set(), price)
-        if watch.direction == exits.SHORT:
-            wait.falling.add(member.strategy_id)
-            wait.low = price  # _ride saw to it: no tick of this run was lower
-        else:
-            wait.rising.add(member.strategy_id)
-            wait.high = price
+            wait = Waiting(sign, price, {}, gap)
+            self.pending.setdefault(member.instrument.key, []).append(wait)
+        elif (price - wait.best) * sign < 0:
+            return False  # their best is not this one's: it would be moved too far
+        wait.best = price
+        wait.stops[member.strategy_id] = gap
+        wait.gap = min(wait.gap, gap)
+        return True
 
-    def _ride(self, key: str, wait: Pending, price: float) -> None:
+    def _ride(self, key: str, waits: list[Waiting], price: float) -> None:
         """Caller holds the lock; before the price is checked against the index. A new best carries the
-        waiting stops along; a turn moves them all to the run's best, so the index is exact again."""
-        if (wait.rising and price < wait.high) or (wait.falling and price > wait.low):
-            del self.pending[key]
-            stamp = int(clock.epoch() * 1000)
-            for sids, best in ((wait.rising, wait.high), (wait.falling, wait.low)):
-                for sid in sids:
-                    member = self.members.get(sid)
-                    if member is not None and member.watch is not None and sid in self.index:
-                        self._move(member, member.watch, best, stamp)
-            return
-        if wait.rising:
-            wait.high = price
-        if wait.falling:
-            wait.low = price
+        waiting stops along; a price come back far enough that some could be hit moves those (to the best),
+        so for that price the index is exact."""
+        settled = False
+        for wait in waits:
+            back = (wait.best - price) * wait.sign
+            if back <= 0:
+                wait.best = price
+            elif back >= wait.gap - MARGIN:
+                self._settle(wait, back + MARGIN)
+                settled = True
+        if settled:
+            waits[:] = [wait for wait in waits if wait.stops]
+            if not waits:
+                del self.pending[key]
+
+    def _settle(self, wait: Waiting, back: float) -> None:
+        """Caller holds the lock. Moves the waiting stops that a price `back` from the best could reach."""
+        stamp = int(clock.epoch() * 1000)
+        for sid, gap in list(wait.stops.items()):
+            if gap > back:
+                continue
+            del wait.stops[sid]
+            member = self.members.get(sid)
+            if member is not None and member.watch is not None and sid in self.index:
+                self._move(member, member.watch, wait.best, stamp)
+        wait.gap = min(wait.stops.values(), default=float("inf"))
 
     def _move(self, member: Member, watch: Watch, price: float, stamp: int | None = None) -> None:
         """Caller holds the lock. The price reached a trailing level: the stop moves (tighter only) and is
@@ -319,26 +347,25 @@ class Listener:
             watch = member.watch if member is not None else None
             if watch is None:
                 return None
-            wait = self.pending.get(member.instrument.key)
-            if wait is not None and strategy_id in (wait.falling if watch.direction == exits.SHORT else wait.rising):
-                best = wait.low if watch.direction == exits.SHORT else wait.high
-                return round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, best,
-                                              watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
+            for wait in self.pending.get(member.instrument.key, ()):
+                if strategy_id in wait.stops:
+                    return round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, wait.best,
+                                                  watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
             return watch.stop
 
     def _waiting_moves(self) -> dict[int, tuple[int, float, int]]:
-        """Where the stops waiting for a turn stand now, to be written: one instrument at a time under the
-        lock, so a flush never holds a tick back for long. The index is left as it is (see _ride)."""
+        """Where the waiting stops stand now, to be written; the index is left as it is (see _ride). Under
+        one hold of the lock (a few ms at 10,000 stops): taken per instrument, a busy feed thread, which
+        takes it back at once, kept the flush waiting for seconds."""
         stamp = int(clock.epoch() * 1000)
         moves: dict[int, tuple[int, float, int]] = {}
-        for key in list(self.pending):
-            with self.lock:
-                wait = self.pending.get(key)
-                if wait is None:
-                    continue
-                for sids, best in ((wait.rising, wait.high), (wait.falling, wait.low)):
-                    for sid in sids:
-                        member = self.members.get(sid)
+        members = self.members
+        with self.lock:
+            for waits in self.pending.values():
+                for wait in waits:
+                    best = wait.best
+                    for sid in wait.stops:
+                        member = members.get(sid)
                         watch = member.watch if member is not None else None
                         if watch is None:
                             continue
@@ -647,8 +674,11 @@ class Listener:
         if self.pending:
             moved.update(self._waiting_moves())
         # A stop already written (a waiting one, then the same move made at the turn) is not written again.
-        moved = {sid: move for sid, move in moved.items() if self.written.get(sid) != move[:2]}
-        self.written.update((sid, move[:2]) for sid, move in moved.items())
+        written = self.written
+        # The series' time to live is set with its first point (a run's series lives 2 days from its first move).
+        moved = {sid: (*move, written.get(sid, (None,))[0] != move[0]) for sid, move in moved.items()
+                 if written.get(sid) != move[:2]}
+        written.update((sid, move[:2]) for sid, move in moved.items())
         if not prices and not moved:
             return
         pipe = self.conn.pipeline(transaction=False)
@@ -679,16 +709,16 @@ class Listener:
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
 
-    def _write_moves(self, pipe: redis.client.Pipeline, moved: dict[int, tuple[int, float, int]]) -> None:
+    def _write_moves(self, pipe: redis.client.Pipeline, moved: dict[int, tuple[int, float, int, bool]]) -> None:
         """Each strategy's last move since the previous flush, in one script call: runtime hash trail_stop
         (where a restarted listener and recovery take the stop from) and the run's series for the chart.
         Only into the run it was moved for: a hash gone (the run ended) or started again is left alone."""
-        names: list[str] = []
-        args: list[object] = [STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP]
-        for sid, (run, stop, stamp) in moved.items():
-            names += [keys.strategy(sid), keys.runtime(sid), keys.stop_moves(sid, run)]
-            args += [run, stop, f"{stamp}:{stop}"]
-        redis_client.script(pipe, _WRITE_MOVES)(keys=names, args=args, client=pipe)
+        # One argument a move, the keys built by the script from their patterns: at 10,000 moves a flush,
+        # packing 60,000 arguments cost the flush more than everything else in it.
+        args: list[object] = [STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP, keys.strategy(0),
+                              keys.runtime(0), keys.stop_moves(0, 1)]
+        args += [f"{sid} {run} {stop} {stamp} {int(first)}" for sid, (run, stop, stamp, first) in moved.items()]
+        redis_client.script(pipe, _WRITE_MOVES)(keys=[], args=args, client=pipe)
 
     def check_health(self) -> None:
         """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS (every one, when
@@ -823,15 +853,18 @@ def _beyond(fired: Fired, price: float) -> bool:
     return exits.target_hit(fired.direction, price, fired.level)
 
 
-# KEYS: per move its strategy hash, runtime hash and series; ARGV: ttl, the field, then per move run, stop, point.
+# ARGV: ttl, the field, the strategy, runtime and series keys of strategy 0 (run 1) as patterns, then per move
+# "strategy run stop epoch_ms first" (first: the run's first point, which sets the series' time to live).
 _WRITE_MOVES = """
 local ttl, field = ARGV[1], ARGV[2]
-for i = 1, #KEYS, 3 do
-  local a = 3 + (i - 1)
-  if redis.call('HGET', KEYS[i], 'run_id') == ARGV[a] then  -- deleted together with the runtime hash
-    redis.call('HSET', KEYS[i + 1], field, ARGV[a + 1])
-    redis.call('RPUSH', KEYS[i + 2], ARGV[a + 2])
-    redis.call('EXPIRE', KEYS[i + 2], ttl)
+local static, live, series = ARGV[3]:gsub('0$', ''), ARGV[4]:gsub('0$', ''), ARGV[5]:gsub('0:1$', '')
+for i = 6, #ARGV do
+  local sid, run, stop, stamp, first = string.match(ARGV[i], '(%d+) (%d+) (%S+) (%d+) (%d)')
+  if redis.call('HGET', static .. sid, 'run_id') == run then  -- deleted together with the runtime hash
+    redis.call('HSET', live .. sid, field, stop)
+    local points = series .. sid .. ':' .. run
+    redis.call('RPUSH', points, stamp .. ':' .. stop)
+    if first == '1' then redis.call('EXPIRE', points, ttl) end
   end
 end
 """

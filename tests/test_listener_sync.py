@@ -236,13 +236,16 @@ def test_a_stop_that_could_trail_past_the_price_moves_at_once_and_fires_on_that_
     assert queued(redis_conn) == [("7:STOPLOSS:7", "1505.00")]
 
 
-def test_a_run_of_new_highs_moves_waiting_stops_at_the_turn_before_the_turn_is_checked(listener, redis_conn):
-    for sid in (7, 8):  # every 10 in favour, 10 up: stops 1400 → 1480 by the top at 1580
+def test_waiting_stops_are_moved_before_a_price_that_could_reach_them_is_checked(listener, redis_conn):
+    for sid in (7, 8):  # every 10 in favour, 10 up: stops 1400 → 1480 by the top at 1580; 100 behind the best
         runtime.activate(redis_conn, held(sid, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10")))
     listener.resync()
     listener.on_ticks([Tick(INFY, 1500.0 + 10 * k) for k in range(1, 9)])
-    assert set(listener.pending["NSE:INFY"].rising) == {7, 8} and listener.index.levels(7)[STOP] == 1400.0
+    [wait] = listener.pending["NSE:INFY"]
+    assert set(wait.stops) == {7, 8} and wait.best == 1580.0 and listener.index.levels(7)[STOP] == 1400.0
     assert listener.stop_of(7) == listener.stop_of(8) == 1480.0
-    listener.on_ticks([Tick(INFY, 1479.0)])  # the turn: both moved to 1480 first, then both fire
+    listener.on_ticks([Tick(INFY, 1500.0)])  # 80 back from the best: no stop can be there yet
+    assert listener.index.levels(7)[STOP] == 1400.0 and queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1479.0)])  # could be: both moved to 1480 first, then both fire
     assert sorted(queued(redis_conn)) == [("7:STOPLOSS:7", "1479.00"), ("8:STOPLOSS:8", "1479.00")]
     assert listener.pending == {}
