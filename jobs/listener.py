@@ -275,6 +275,7 @@ class Listener:
                     continue
                 hit = (STOPLOSS, watch.stop)
             self.index.remove(sid)
+            self._unwait(member)
             found.append((member, tick, *hit))
 
     def _wait_for_turn(self, member: Member, watch: Watch, price: float) -> bool:
@@ -313,6 +314,17 @@ class Listener:
             waits[:] = [wait for wait in waits if wait.stops]
             if not waits:
                 del self.pending[key]
+
+    def _unwait(self, member: Member) -> None:
+        """Caller holds the lock. The strategy's stop no longer waits (its exit fired, its run ended)."""
+        waits = self.pending.get(member.instrument.key)
+        if waits:
+            for wait in waits:
+                wait.stops.pop(member.strategy_id, None)
+            if not all(wait.stops for wait in waits):
+                waits[:] = [wait for wait in waits if wait.stops]
+                if not waits:
+                    del self.pending[member.instrument.key]
 
     def _settle(self, wait: Waiting, back: float) -> None:
         """Caller holds the lock. Moves the waiting stops that a price `back` from the best could reach."""
@@ -481,6 +493,9 @@ class Listener:
         members = self._load(list(dict.fromkeys(int(sid) for ids in pipe.execute() for sid in ids)))
         with self.lock:
             members = {sid: _merged(self.members.get(sid), member) for sid, member in members.items()}
+            for sid, old in self.members.items():  # a stop waiting for the run that ended must not move the next
+                if sid not in members or members[sid].run_id != old.run_id:
+                    self._unwait(old)
             self.members = members
             # A fired stop is kept only for a strategy still in position in the same run: it fires again
             # when due. Any other (an exit recorded, a new run, keys wiped) would only block a fresh one.
@@ -612,6 +627,7 @@ class Listener:
         member = self.members.pop(sid, None)
         if member is not None:
             self.index.remove(sid)
+            self._unwait(member)
             self.written.pop(sid, None)
             self.holders[member.instrument.key] -= 1
             if not self.holders[member.instrument.key]:

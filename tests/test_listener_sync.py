@@ -249,3 +249,18 @@ def test_waiting_stops_are_moved_before_a_price_that_could_reach_them_is_checked
     listener.on_ticks([Tick(INFY, 1479.0)])  # could be: both moved to 1480 first, then both fire
     assert sorted(queued(redis_conn)) == [("7:STOPLOSS:7", "1479.00"), ("8:STOPLOSS:8", "1479.00")]
     assert listener.pending == {}
+
+
+def test_a_stop_waiting_when_its_run_ends_does_not_move_the_next_run(listener, redis_conn):
+    runtime.activate(redis_conn, held(7, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10")))
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1580.0)])
+    assert listener.stop_of(7) == 1480.0
+    listener.on_message({"seq": listener.seq + 1, "strategy_id": 7, "symbol": "INFY", "status": "stopped"})
+    assert listener.pending == {}
+    listener.on_ticks([Tick(INFY, 1500.0)])
+    again = held(7, trail_unit="points", trail_every=Decimal("10"), trail_by=Decimal("10"))
+    again.run_id = 70  # entered at 1500 again: the last run's best (1580) is not this one's
+    runtime.activate(redis_conn, again)
+    listener.resync()
+    assert listener.stop_of(7) == 1400.0 and listener.members[7].run_id == 70
