@@ -365,27 +365,38 @@ class Listener:
                                                   watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
             return watch.stop
 
-    def _waiting_moves(self) -> dict[int, tuple[int, float, int]]:
-        """Where the waiting stops stand now, to be written; the index is left as it is (see _ride). Under
-        one hold of the lock (a few ms at 10,000 stops): taken per instrument, a busy feed thread, which
-        takes it back at once, kept the flush waiting for seconds."""
+    def _moves_to_write(self, moved: dict[int, tuple[int, float, int]]) -> list[str]:
+        """Caller holds the lock (one hold, a few ms at 10,000 stops: taken per instrument, a busy feed
+        thread, which takes it back at once, kept the flush waiting for seconds). The moves made since the
+        last flush and where the waiting stops stand now (the index is left as it is, see _ride), each as
+        the write script's "strategy run stop epoch_ms first" (first: the run's first point, which sets the
+        series' time to live); a stop already written is not written again."""
+        written, members = self.written, self.members
+        out = []
+        for sid, (run, stop, stamp) in moved.items():
+            last = written.get(sid)
+            if last is None or last[1] != stop or last[0] != run:
+                out.append(f"{sid} {run} {stop} {stamp} {1 if last is None or last[0] != run else 0}")
+                written[sid] = (run, stop)
         stamp = int(clock.epoch() * 1000)
-        moves: dict[int, tuple[int, float, int]] = {}
-        members = self.members
-        with self.lock:
-            for waits in self.pending.values():
-                for wait in waits:
-                    best = wait.best
-                    for sid in wait.stops:
-                        member = members.get(sid)
-                        watch = member.watch if member is not None else None
-                        if watch is None:
-                            continue
-                        stop = round(exits.moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, best,
-                                                      watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
-                        if stop != watch.stop:
-                            moves[sid] = (member.run_id, stop, stamp)
-        return moves
+        moved_stop = exits.moved_stop
+        for waits in self.pending.values():
+            for wait in waits:
+                best = wait.best
+                for sid in wait.stops:
+                    member = members.get(sid)
+                    watch = member.watch if member is not None else None
+                    if watch is None:
+                        continue
+                    stop = round(moved_stop(watch.direction, watch.entry, watch.initial, watch.stop, best,
+                                            watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
+                    last = written.get(sid)
+                    run = member.run_id
+                    if stop == watch.stop or (last is not None and last[1] == stop and last[0] == run):
+                        continue
+                    out.append(f"{sid} {run} {stop} {stamp} {1 if last is None or last[0] != run else 0}")
+                    written[sid] = (run, stop)
+        return out
 
     def _catch_up(self, instruments: Iterable[Instrument]) -> None:
         """Levels just (re)indexed that the last known price already crossed act now, not on a next tick
@@ -687,19 +698,12 @@ class Listener:
             prices, self.pending_prices = self.pending_prices, {}
             ticked, self.ticked = self.ticked, set()
             moved, self.moved = self.moved, {}
-        if self.pending:
-            moved.update(self._waiting_moves())
-        # A stop already written (a waiting one, then the same move made at the turn) is not written again.
-        written = self.written
-        # The series' time to live is set with its first point (a run's series lives 2 days from its first move).
-        moved = {sid: (*move, written.get(sid, (None,))[0] != move[0]) for sid, move in moved.items()
-                 if written.get(sid) != move[:2]}
-        written.update((sid, move[:2]) for sid, move in moved.items())
-        if not prices and not moved:
+            writes = self._moves_to_write(moved) if moved or self.pending else []
+        if not prices and not writes:
             return
         pipe = self.conn.pipeline(transaction=False)
-        if moved:
-            self._write_moves(pipe, moved)
+        if writes:
+            self._write_moves(pipe, writes)
         if not prices:
             pipe.execute()
             return
@@ -725,7 +729,7 @@ class Listener:
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
 
-    def _write_moves(self, pipe: redis.client.Pipeline, moved: dict[int, tuple[int, float, int, bool]]) -> None:
+    def _write_moves(self, pipe: redis.client.Pipeline, moves: list[str]) -> None:
         """Each strategy's last move since the previous flush, in one script call: runtime hash trail_stop
         (where a restarted listener and recovery take the stop from) and the run's series for the chart.
         Only into the run it was moved for: a hash gone (the run ended) or started again is left alone."""
@@ -733,8 +737,7 @@ class Listener:
         # packing 60,000 arguments cost the flush more than everything else in it.
         args: list[object] = [STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP, keys.strategy(0),
                               keys.runtime(0), keys.stop_moves(0, 1)]
-        args += [f"{sid} {run} {stop} {stamp} {int(first)}" for sid, (run, stop, stamp, first) in moved.items()]
-        redis_client.script(pipe, _WRITE_MOVES)(keys=[], args=args, client=pipe)
+        redis_client.script(pipe, _WRITE_MOVES)(keys=[], args=args + moves, client=pipe)
 
     def check_health(self) -> None:
         """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS (every one, when
