@@ -7,10 +7,12 @@
   if (!holder || typeof uPlot === "undefined") return;
   var plot = null;
 
-  function hline(u, ctx, y, x0, x1, color, label) {  // a dashed level from x0 to x1 (canvas px), labelled
+  // A dashed level from x0 to x1 (canvas px), labelled above its left end, or below its right one.
+  function hline(u, ctx, y, x0, x1, color, label, atRight) {
     ctx.strokeStyle = color; ctx.setLineDash([6, 4]); ctx.beginPath();
     ctx.moveTo(x0, y); ctx.lineTo(x1, y); ctx.stroke();
-    ctx.fillStyle = color; ctx.fillText(label, x0 + 4, y - 4);
+    ctx.fillStyle = color;
+    ctx.fillText(label, atRight ? x1 - ctx.measureText(label).width - 8 : x0 + 4, atRight ? y + 14 : y - 4);
   }
 
   // The stop as the listener moved it: a step line, each level held until the next move (the last until the
@@ -35,17 +37,19 @@
     });
     ctx.stroke();
     var last = steps[steps.length - 1];
-    ctx.fillStyle = "#dc2626";
-    ctx.fillText((steps.length > 1 ? "trailing stop " : "stop ") + last[1], left + 4, u.valToPos(last[1], "y", true) - 4);
+    var lastX = Math.min(Math.max(u.valToPos(last[0], "x", true), left), right);
+    ctx.fillStyle = "#dc2626";  // labelled where it last moved to
+    ctx.fillText((steps.length > 1 ? "trailing stop " : "stop ") + last[1], lastX + 4, u.valToPos(last[1], "y", true) - 4);
   }
 
   function marks(u, data) {
     var ctx = u.ctx;
     ctx.save();
+    ctx.textAlign = "left"; ctx.textBaseline = "alphabetic";  // not as uPlot left them after its axes
     stopLine(u, ctx, data);
     if (data.target != null) {
       hline(u, ctx, u.valToPos(data.target, "y", true), u.bbox.left, u.bbox.left + u.bbox.width, "#15803d",
-            "target " + data.target + (data.direction === "short" ? " (short)" : ""));
+            "target " + data.target + (data.direction === "short" ? " (short)" : ""), true);
     }
     [["buy", data.buy_at, "#1d4ed8"], ["sell", data.sell_at, "#7c3aed"]].forEach(function (m) {
       var x = u.valToPos(m[1], "x", true);
