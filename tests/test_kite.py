@@ -49,7 +49,7 @@ def test_connect_validates_through_kite(client, fake):
     assert client.post("/api/v1/strategy/create", headers=headers, json={
         "name": "x", "symbol": "NOTONKITE", "quantity": 1, "buy_time": "09:20", "sell_time": "10:00",
         "stop_loss": 1}).json["fields"]["symbol"] == "NOTONKITE is not a known NSE instrument."
-    assert api_strategy(client, headers, symbol="SBIN")
+    assert api_strategy(client, headers, symbol="SBIN", stop_loss="800")
 
 
 def test_log_in_with_kite_redirect_flow(app, client, fake):

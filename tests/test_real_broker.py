@@ -274,7 +274,8 @@ class TestKite:
     def test_every_order_carries_market_protection_and_the_algo_id(self, client, fake, kite_engine):
         headers = kite_trader(client, fake.account, "mp@example.com")
         default = started_strategy(client, headers, buy_in=2, sell_in=4)
-        own = started_strategy(client, headers, buy_in=2, sell_in=4, name="own", symbol="SBIN", algo_id="OWN7")
+        own = started_strategy(client, headers, buy_in=2, sell_in=4, name="own", symbol="SBIN", stop_loss="800",
+                               algo_id="OWN7")
         wait_status(client, headers, default, "completed")
         wait_status(client, headers, own, "completed")
         sent = [(p["params"]["tradingsymbol"], p["params"]["market_protection"], p["params"]["algo_id"])

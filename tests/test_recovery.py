@@ -30,7 +30,8 @@ def test_a_redis_wipe_restores_every_running_strategy(client, recovering, redis_
     """Waiting, in position, and stopping (the STOP still queued) when Redis is wiped."""
     headers = trader(client, "wipe@example.com")
     held = started_strategy(client, headers, buy_in=1, sell_in=12, name="held")
-    stopping = started_strategy(client, headers, buy_in=1, sell_in=60, name="stopping", symbol="SBIN")
+    stopping = started_strategy(client, headers, buy_in=1, sell_in=60, name="stopping", symbol="SBIN",
+                                 stop_loss="780")
     waiting = started_strategy(client, headers, buy_in=7, sell_in=13, name="waiting", symbol="TCS")
     wait_status(client, headers, held, "in_position")
     wait_status(client, headers, stopping, "in_position")

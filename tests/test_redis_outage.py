@@ -69,7 +69,7 @@ def test_every_process_rides_out_a_redis_outage_and_the_web_says_so(client, proc
     wait_for(lambda: redis_conn.sismember(keys.LISTENER_SUBSCRIBED, "NSE:INFY"), timeout=20,
              what="the listener to resubscribe the held position's symbol")
     wait_status(client, headers, waiting, "in_position", timeout=30)
-    after = started_strategy(client, headers, buy_in=2, sell_in=60, name="after", symbol="SBIN")
+    after = started_strategy(client, headers, buy_in=2, sell_in=60, name="after", symbol="SBIN", stop_loss="780")
     wait_status(client, headers, after, "in_position", timeout=20)
     for sid in (held, waiting, after):
         assert [(o["event"], o["status"]) for o in orders(client, headers, sid)] == [("BUY", "COMPLETE")]
