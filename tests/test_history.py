@@ -16,7 +16,7 @@ from sqlalchemy import event, select
 
 from tests.engine_helpers import orders, seconds_ahead, start, trader, wait_status
 from tests.helpers import PASSWORD, api_register, api_strategy, browser_login, csrf_token, db_update
-from webapp import clock, keys
+from webapp import clock, keys, money
 from webapp.extensions import db
 from webapp.market_calendar import exchange_date
 from webapp.models import OrderLog, Run, Strategy
@@ -203,8 +203,8 @@ def test_history_of_seeded_runs_in_two_queries(app, redis_conn):
         lines = list(csv.DictReader(io.StringIO(history.orders_csv(strategy))))
         assert lines[3]["error"].startswith("'=HYPERLINK")  # no formula for a spreadsheet to run
         assert lines[3]["average_price"] == "" and lines[4]["attempt"] == "2"
-    assert history.inr(Decimal("123456.5")) == "₹1,23,456.50" and history.inr(Decimal("-62")) == "−₹62.00"
-    assert history.inr(Decimal("12345678.9")) == "₹1,23,45,678.90" and history.inr(None) == "—"
+    assert money.inr(Decimal("123456.5")) == "₹1,23,456.50" and money.inr(Decimal("-62")) == "−₹62.00"
+    assert money.inr(Decimal("12345678.9")) == "₹1,23,45,678.90" and money.inr(None) == "—"
 
 
 @pytest.mark.browser

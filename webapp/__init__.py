@@ -59,13 +59,15 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
     csrf.exempt(admin_bp)  # checked after the admin role, so non-admins see 404 everywhere
 
-    from webapp import cli, http, live
+    from webapp import cli, http, live, money
     from webapp.market_calendar import IST
 
     from webapp.strategies.terms_text import facts
 
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
     app.add_template_global(facts, "strategy_facts")
+    app.add_template_filter(money.inr, "inr")
+    app.add_template_filter(money.percent, "percent")
 
     http.init_app(app)
     cli.init_app(app)

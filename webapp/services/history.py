@@ -25,7 +25,6 @@ from webapp.state_machine import is_running
 
 PAISE = Decimal("0.01")
 SKIPPED = "skipped"  # a day of a recurring strategy that never ran (Run.status, with its reason)
-MINUS = "\u2212"  # the typographic minus: −₹62.00
 
 # How a run ended, in the words a trader uses (the status codes stay in the API and the CSV).
 STATUS_WORDS = {
@@ -289,23 +288,3 @@ def runs_csv_response(strategy: Strategy) -> Response:
 
 def orders_csv_response(strategy: Strategy) -> Response:
     return _attachment(orders_csv(strategy), f"strategy-{strategy.id}-orders.csv")
-
-
-def inr(value: Decimal | str | int | float | None) -> str:
-    """Rupees the Indian way: ₹1,23,456.50, and −₹62.00 for a loss; '—' for nothing."""
-    if value is None or value == "":
-        return "—"
-    amount = Decimal(str(value)).quantize(PAISE, rounding=ROUND_HALF_UP)
-    whole, _, paise = f"{abs(amount):.2f}".partition(".")
-    head, groups = whole[:-3], [whole[-3:]]
-    while head:
-        groups.insert(0, head[-2:])
-        head = head[:-2]
-    return f"{MINUS if amount < 0 else ''}₹{','.join(groups)}.{paise}"
-
-
-def percent(value: Decimal | str | None) -> str:
-    if value is None or value == "":
-        return "—"
-    amount = Decimal(str(value)).quantize(PAISE, rounding=ROUND_HALF_UP)
-    return f"{MINUS if amount < 0 else ''}{abs(amount)}%"

@@ -25,6 +25,7 @@ from sqlalchemy import String, and_, cast, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from webapp import clock, keys, redis_client
+from webapp.money import inr
 from webapp.engine import dispatch, schedule
 from webapp.engine.events import STOP, Event
 from webapp.extensions import db
@@ -42,12 +43,6 @@ MAX_LOSS_LIMIT = Decimal("999999999999.99")  # Numeric(14, 2)
 MAX_POSITIONS = 1000
 _AMOUNT = re.compile(r"^[0-9]{1,15}(\.[0-9]+)?$")
 _RUNNING = [s.value for s in RUNNING]
-
-
-def rupees(value: Decimal) -> str:
-    """−₹5,230.00 (a real minus sign, Indian users read it as such)."""
-    value = Decimal(value).quantize(Decimal("0.01"))
-    return f"{'−' if value < 0 else ''}₹{abs(value):,.2f}"
 
 
 def trading_day(now: datetime) -> str:
@@ -214,7 +209,7 @@ def halt(pnl: DayPnl, now: datetime, conn: redis.Redis, lock_wait: float = 2.0) 
     """Halts the user for the day and stops every running strategy of theirs through the engine. Returns
     None when another watcher got there first (the DayHalt is unique per user and day)."""
     at = now.astimezone(IST).strftime("%H:%M")
-    summary = f"Daily loss limit hit at {at} IST ({rupees(pnl.total)} of {rupees(-pnl.limit)})"
+    summary = f"Daily loss limit hit at {at} IST ({inr(pnl.total)} of {inr(-pnl.limit)})"
     lock = user_lock(conn, pnl.user_id, blocking_timeout=lock_wait)
     try:
         locked = lock.acquire()
@@ -243,7 +238,7 @@ def halt(pnl: DayPnl, now: datetime, conn: redis.Redis, lock_wait: float = 2.0) 
             "realised": str(pnl.realised), "unrealised": str(pnl.unrealised), "daily_loss_limit": str(pnl.limit),
             "open_positions": pnl.open_positions, "unpriced_strategies": pnl.unpriced,
             "strategies_stopped": [s.id for s in running]})
-        reason = (f"daily loss limit {rupees(pnl.limit)} hit: the day's P&L was {rupees(pnl.total)} at {at} IST; "
+        reason = (f"daily loss limit {inr(pnl.limit)} hit: the day's P&L was {inr(pnl.total)} at {at} IST; "
                   f"trading resumes next trading day")
         stop_running(conn, pnl.user_id, reason, running)
     finally:
@@ -353,7 +348,7 @@ def start_refusal(user: User, now: datetime | None = None) -> str | None:
     if user.daily_loss_limit is not None:
         pnl = day_pnl(user, day)
         if pnl.breached:
-            return (f"Daily loss limit reached ({rupees(pnl.total)} of {rupees(-pnl.limit)} today): trading "
+            return (f"Daily loss limit reached ({inr(pnl.total)} of {inr(-pnl.limit)} today): trading "
                     f"resumes next trading day.")
     if user.max_open_positions is not None:
         running = running_count(user.id)
@@ -403,7 +398,7 @@ def _loss_limit(raw: object) -> Decimal | None:
     if value <= 0:
         raise ValueError("The daily loss limit must be more than ₹0 (leave it empty for no limit).")
     if value > MAX_LOSS_LIMIT:
-        raise ValueError(f"The daily loss limit can be at most {rupees(MAX_LOSS_LIMIT)}.")
+        raise ValueError(f"The daily loss limit can be at most {inr(MAX_LOSS_LIMIT)}.")
     if value != value.quantize(Decimal("0.01")):
         raise ValueError("Use at most two decimals (paise).")
     return value.quantize(Decimal("0.01"))

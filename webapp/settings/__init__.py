@@ -31,8 +31,7 @@ def risk_limits():  # type: ignore[no-untyped-def]
         else:
             flash("Risk limits saved.", "success")
             return go_to(url_for("settings.risk_limits"))
-    context = {"errors": errors, "form": form, "risk": risk.describe(current_user),
-               "money": risk.rupees}
+    context = {"errors": errors, "form": form, "risk": risk.describe(current_user)}
     template = "settings/_risk_form.html" if is_htmx() else "settings/risk.html"
     return render_template(template, **context), 422 if errors else 200
 

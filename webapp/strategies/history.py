@@ -9,9 +9,6 @@ from webapp.services import history
 from webapp.services import strategies as service
 from webapp.strategies import bp
 
-bp.add_app_template_filter(history.inr, "inr")
-bp.add_app_template_filter(history.percent, "percent")
-
 
 @bp.app_template_global("run_history")
 def run_history(strategy, state: dict | None = None, orders=None) -> dict:  # type: ignore[no-untyped-def]

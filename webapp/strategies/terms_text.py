@@ -8,8 +8,8 @@ from flask import current_app
 
 from webapp.engine import exits
 from webapp.models import Strategy
-
-WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+from webapp.money import inr
+from webapp.services.deploy import describe_weekdays
 
 
 def _amount(kind: str, value: Decimal) -> str:
@@ -17,22 +17,21 @@ def _amount(kind: str, value: Decimal) -> str:
         return f"{value.normalize():f}%"
     if kind == exits.POINTS:
         return f"{value.normalize():f} pts"
-    return f"₹{value}"
+    return inr(value)
 
 
 def _level(kind: str, value: Decimal, in_force: str | None, side: str) -> str:
     """The level in force once the entry filled (with the rule it came from), else the rule."""
     rule = f"{_amount(kind, value)} {side} entry" if kind != exits.PRICE else None
     if in_force:
-        return f"₹{in_force}" + (f" ({rule})" if rule else "")
+        return inr(in_force) + (f" ({rule})" if rule else "")
     return rule or _amount(kind, value)
 
 
 def schedule_text(strategy: Strategy) -> str:
     if not strategy.weekdays:
         return "One day per START"
-    days = [WEEKDAYS[int(d)] for d in strategy.weekdays]
-    named = "Mon–Fri" if strategy.weekdays == "01234" else ", ".join(days)
+    named = "Mon–Fri" if strategy.weekdays == "01234" else describe_weekdays(strategy.weekdays)
     return f"{named}, until stopped" + ("" if strategy.deployed else " (not deployed: press START)")
 
 
