@@ -217,8 +217,14 @@ class Listener:
                 self.pending_prices[key] = self.prices[key] = tick.price
                 self.last_tick[key] = now
                 self.ticked.add(key)
-                if pending and key in pending:
-                    self._ride(key, pending[key], tick.price)
+                waits = pending.get(key) if pending else None
+                if waits is not None:  # _ride, its common case (a new best) inline: this runs on every tick
+                    for wait in waits:
+                        if (wait.best - tick.price) * wait.sign <= 0:
+                            wait.best = tick.price
+                        else:
+                            self._ride(key, waits, tick.price)
+                            break
                 crossed = pop(key, tick.price)  # nearly always [] at the cost of two comparisons
                 if crossed:
                     self._crossed(tick, crossed, found)
@@ -365,18 +371,18 @@ class Listener:
                                                   watch.trail_every, watch.trail_by, watch.breakeven_at), 2)
             return watch.stop
 
-    def _moves_to_write(self, moved: dict[int, tuple[int, float, int]]) -> list[str]:
+    def _moves_to_write(self, moved: dict[int, tuple[int, float, int]]) -> list[tuple[int, int, float, int, int]]:
         """Caller holds the lock (one hold, a few ms at 10,000 stops: taken per instrument, a busy feed
         thread, which takes it back at once, kept the flush waiting for seconds). The moves made since the
         last flush and where the waiting stops stand now (the index is left as it is, see _ride), each as
-        the write script's "strategy run stop epoch_ms first" (first: the run's first point, which sets the
-        series' time to live); a stop already written is not written again."""
+        (strategy, run, stop, epoch_ms, first) for the write script (first: the run's first point, which sets
+        the series' time to live); a stop already written is not written again."""
         written, members = self.written, self.members
         out = []
         for sid, (run, stop, stamp) in moved.items():
             last = written.get(sid)
             if last is None or last[1] != stop or last[0] != run:
-                out.append(f"{sid} {run} {stop} {stamp} {1 if last is None or last[0] != run else 0}")
+                out.append((sid, run, stop, stamp, 1 if last is None or last[0] != run else 0))
                 written[sid] = (run, stop)
         stamp = int(clock.epoch() * 1000)
         moved_stop = exits.moved_stop
@@ -394,7 +400,7 @@ class Listener:
                     run = member.run_id
                     if stop == watch.stop or (last is not None and last[1] == stop and last[0] == run):
                         continue
-                    out.append(f"{sid} {run} {stop} {stamp} {1 if last is None or last[0] != run else 0}")
+                    out.append((sid, run, stop, stamp, 1 if last is None or last[0] != run else 0))
                     written[sid] = (run, stop)
         return out
 
@@ -729,15 +735,16 @@ class Listener:
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
 
-    def _write_moves(self, pipe: redis.client.Pipeline, moves: list[str]) -> None:
+    def _write_moves(self, pipe: redis.client.Pipeline, moves: list[tuple[int, int, float, int, int]]) -> None:
         """Each strategy's last move since the previous flush, in one script call: runtime hash trail_stop
         (where a restarted listener and recovery take the stop from) and the run's series for the chart.
         Only into the run it was moved for: a hash gone (the run ended) or started again is left alone."""
-        # One argument a move, the keys built by the script from their patterns: at 10,000 moves a flush,
-        # packing 60,000 arguments cost the flush more than everything else in it.
-        args: list[object] = [STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP, keys.strategy(0),
-                              keys.runtime(0), keys.stop_moves(0, 1)]
-        redis_client.script(pipe, _WRITE_MOVES)(keys=[], args=args + moves, client=pipe)
+        # The moves as one JSON argument, the keys built by the script from their patterns: at 10,000 moves
+        # a flush, 60,000 arguments (three keys and three values a move) cost the flush more than everything
+        # else in it, and parsing one string a move in Lua a third of the script's time.
+        redis_client.script(pipe, _WRITE_MOVES)(keys=[], args=[
+            STOP_MOVES_TTL_SECONDS, runtime.TRAIL_STOP, keys.strategy(0), keys.runtime(0), keys.stop_moves(0, 1),
+            json.dumps(moves)], client=pipe)
 
     def check_health(self) -> None:
         """During market hours, a subscribed instrument with no tick for FEED_STALE_SECONDS (every one, when
@@ -872,18 +879,18 @@ def _beyond(fired: Fired, price: float) -> bool:
     return exits.target_hit(fired.direction, price, fired.level)
 
 
-# ARGV: ttl, the field, the strategy, runtime and series keys of strategy 0 (run 1) as patterns, then per move
-# "strategy run stop epoch_ms first" (first: the run's first point, which sets the series' time to live).
+# ARGV: ttl, the field, the strategy, runtime and series keys of strategy 0 (run 1) as patterns, then the moves
+# as JSON [[strategy, run, stop, epoch_ms, first], ...] (first: the run's first point: it sets the series' TTL).
 _WRITE_MOVES = """
 local ttl, field = ARGV[1], ARGV[2]
 local static, live, series = ARGV[3]:gsub('0$', ''), ARGV[4]:gsub('0$', ''), ARGV[5]:gsub('0:1$', '')
-for i = 6, #ARGV do
-  local sid, run, stop, stamp, first = string.match(ARGV[i], '(%d+) (%d+) (%S+) (%d+) (%d)')
+for _, move in ipairs(cjson.decode(ARGV[6])) do
+  local sid, run, stop = string.format('%d', move[1]), string.format('%d', move[2]), tostring(move[3])
   if redis.call('HGET', static .. sid, 'run_id') == run then  -- deleted together with the runtime hash
     redis.call('HSET', live .. sid, field, stop)
     local points = series .. sid .. ':' .. run
-    redis.call('RPUSH', points, stamp .. ':' .. stop)
-    if first == '1' then redis.call('EXPIRE', points, ttl) end
+    redis.call('RPUSH', points, string.format('%d', move[4]) .. ':' .. stop)
+    if move[5] == 1 then redis.call('EXPIRE', points, ttl) end
   end
 end
 """

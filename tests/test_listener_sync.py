@@ -176,8 +176,8 @@ def test_a_trailing_stop_moves_tighter_only_is_written_coalesced_and_survives_a_
     assert listener.stop_of(7) == 1410.0
     listener.flush_prices()
     run = listener.members[7].run_id
-    assert redis_conn.hget(keys.runtime(7), runtime.TRAIL_STOP) == b"1410.0"
-    assert [p.split(b":")[1] for p in redis_conn.lrange(keys.stop_moves(7, run), 0, -1)] == [b"1410.0"]  # coalesced
+    assert float(redis_conn.hget(keys.runtime(7), runtime.TRAIL_STOP)) == 1410.0
+    assert [float(p.split(b":")[1]) for p in redis_conn.lrange(keys.stop_moves(7, run), 0, -1)] == [1410.0]  # coalesced
     assert 0 < redis_conn.ttl(keys.stop_moves(7, run)) <= 2 * 24 * 3600
 
     listener.on_ticks([Tick(INFY, 1541.0)])  # moved to 1420, not yet flushed: a resync keeps the tighter stop
