@@ -6,13 +6,16 @@
    ticks. The real Listener: a feed thread calls on_ticks as fast as it can while the main thread runs its
    real flush every 100 ms (prices, chart samples and the moved stops, one pipeline), as _serve does.
 2. Latency: tick → STOPLOSS on the queue for a trailing stop that has just moved (its own symbol), while a
-   feed thread keeps the 10,000 moving at a steady rate; beside it the same run's Redis PING round trip.
+   feed thread keeps the 10,000 moving at a steady rate and the flush runs; beside it the same run's Redis
+   PING round trip, from a process of its own.
 
 A real redis-server on a free port and a SQLite database (tests/bench/harness.py); no worker takes the
 STOPLOSS jobs: what is timed is the listener's part."""
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -208,8 +211,15 @@ def trailing(strategies: int = 10_000, symbols: int = 500, frames: int = 3000, p
                 moving.flush_prices()
 
         rtt: list[float] = []
+
+        def ping() -> None:  # from a process of its own: in this one it would wait on the listener's GIL
+            out = subprocess.run([sys.executable, "-c", "import json; from tests.bench.harness import redis_rtt_ms; "
+                                  f"print(json.dumps(redis_rtt_ms({sysm.redis_url!r}, 600)))"],
+                                 cwd=harness.ROOT, capture_output=True, text=True, check=True).stdout
+            rtt.extend(json.loads(out.strip().splitlines()[-1]))
+
         threads = [threading.Thread(target=keep_moving), threading.Thread(target=keep_flushing),
-                   threading.Thread(target=lambda: rtt.extend(harness.redis_rtt_ms(sysm.redis_url, 600)))]
+                   threading.Thread(target=ping)]
         for thread in threads:
             thread.start()
         queue = Queue("stoploss", connection=moving.conn)
