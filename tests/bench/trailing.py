@@ -10,7 +10,15 @@
    PING round trip, from a process of its own.
 
 A real redis-server on a free port and a SQLite database (tests/bench/harness.py); no worker takes the
-STOPLOSS jobs: what is timed is the listener's part."""
+STOPLOSS jobs: what is timed is the listener's part.
+
+Designs measured (AMD EPYC, 2 cores shared with other work, Python 3.11.7; trailing / static time a tick):
+- every crossed trailing level moves the stop at once (reindex stop and next level, one write a move):
+  160x (3,218 vs 515,473 ticks/s over 100,000 ticks; flushes of 10,000 moves up to 8 s);
+- stops wait for the price to turn, then all move: 4.5x on a 100,000-tick trend, ~200x on a zigzag;
+- stops wait until the price comes back their gap from the best (this one), the flush's moves worked out
+  outside the lock and written as JSON in calls of 500: trend 1.7-1.9x, zigzag 2.1-2.5x from run to run,
+  the rest being the flush: ~10,000 moves written every ~100 ms, ~100 ms of work that runs back to back."""
 from __future__ import annotations
 
 import json
