@@ -147,6 +147,8 @@ def test_a_short_sells_first_and_its_stop_above_buys_back(app, client, engine, t
     final = wait_status(client, headers, sid, "stopped_loss")
     assert final["status_reason"] == f"stop-loss hit at {float(stop) + 0.5:.2f}" and final["position"] == 0
     assert [(o["event"], o["side"]) for o in orders(client, headers, sid)] == [("BUY", "SELL"), ("STOPLOSS", "BUY")]
+    chart = client.get(f"/api/v1/strategy/{sid}/chart", headers=headers).json
+    assert chart["direction"] == "short" and [price for _, price in chart["stop"]] == [float(stop)]
 
 
 def test_a_target_reached_ends_the_run_as_target_hit_with_one_exit(app, client, engine, redis_conn, tmp_path):
@@ -164,3 +166,4 @@ def test_a_target_reached_ends_the_run_as_target_hit_with_one_exit(app, client, 
     assert [(o["event"], o["side"]) for o in orders(client, headers, sid)] == [("BUY", "BUY"), ("TARGET", "SELL")]
     assert broker_orders(redis_conn, run_event(TARGET, sid).event_id) == 1
     assert [e["msg"] for e in log_entries(engine, "listener") if e.get("strategy_id") == sid] == ["target hit"]
+    assert client.get(f"/api/v1/strategy/{sid}/chart", headers=headers).json["target"] == float(target)
