@@ -264,3 +264,16 @@ def test_a_stop_waiting_when_its_run_ends_does_not_move_the_next_run(listener, r
     runtime.activate(redis_conn, again)
     listener.resync()
     assert listener.stop_of(7) == 1400.0 and listener.members[7].run_id == 70
+
+
+def test_breakeven_moves_the_stop_to_the_entry_and_a_price_back_there_fires_it(listener, redis_conn):
+    runtime.activate(redis_conn, held(7, breakeven_at=Decimal("50")))  # entry 1500, stop 1400
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1549.0)])
+    assert listener.stop_of(7) == 1400.0
+    listener.on_ticks([Tick(INFY, 1550.0)])
+    assert listener.stop_of(7) == 1500.0
+    listener.on_ticks([Tick(INFY, 1500.5)])
+    assert queued(redis_conn) == []
+    listener.on_ticks([Tick(INFY, 1500.0)])
+    assert queued(redis_conn) == [("7:STOPLOSS:7", "1500.00")]
