@@ -1,6 +1,7 @@
 """Helpers for tests that run the engine's real processes."""
 from __future__ import annotations
 
+import json
 import math
 from datetime import timedelta
 
@@ -79,3 +80,14 @@ def broker_orders(conn: redis.Redis, event_id: str) -> int:
 
 def inject_faults(conn: redis.Redis, *faults: str) -> None:
     conn.rpush(keys.paper_faults(), *faults)
+
+
+def log_entries(processes, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    """A process's JSON log lines (a traceback's or RQ's own plain-text lines are skipped)."""
+    entries = []
+    for line in processes.log(name).splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries

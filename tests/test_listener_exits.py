@@ -7,13 +7,14 @@ Each strategy is put in position first (the paper exchange fills INFY at its cat
 ticked yet), then the listener starts on a CSV feed that plays the ticks."""
 from __future__ import annotations
 
-import json
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, orders, run_event, seconds_ahead, start, status, trader, wait_status
+from tests.engine_helpers import (
+    broker_orders, log_entries, orders, run_event, seconds_ahead, start, status, trader, wait_status,
+)
 from tests.helpers import STRATEGY, db_row, db_update
 from webapp import keys
 from webapp.engine.events import STOPLOSS, TARGET
@@ -75,15 +76,6 @@ def listen(processes, tmp_path, rows: list[tuple[float, float]]) -> None:  # typ
     processes.env = {**processes.env, "FEED": script(tmp_path, rows)}
     processes.start("listener", "jobs.listener")
 
-
-def log_entries(processes, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    entries = []
-    for line in processes.log(name).splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return entries
 
 
 def test_a_percent_and_a_points_stop_are_resolved_from_the_real_fill(app, client, engine, tmp_path):

@@ -5,7 +5,6 @@ positions per user. The halt runs through real worker, scheduler (with its risk 
 listener processes, the price moved by the listener's scripted feed."""
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,7 +14,9 @@ from rq import Queue
 from sqlalchemy import event, select
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, orders, run_event, start, started_strategy, status, trader, wait_status
+from tests.engine_helpers import (
+    broker_orders, log_entries, orders, run_event, start, started_strategy, status, trader, wait_status,
+)
 from tests.helpers import PAPER_CREDENTIALS, PASSWORD, api_strategy, browser_login, csrf_token
 from webapp import clock, keys
 from webapp.engine.events import STOP
@@ -43,15 +44,6 @@ def refusal(app, email: str) -> str | None:  # type: ignore[no-untyped-def]
     with app.app_context():
         return risk.start_refusal(db.session.scalar(select(User).where(User.email == email)), clock.now())
 
-
-def log_entries(processes, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    entries = []
-    for line in processes.log(name).splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue
-    return entries
 
 
 def test_hitting_the_daily_loss_limit_stops_and_squares_off_every_strategy_of_that_user_only(

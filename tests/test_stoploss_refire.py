@@ -5,7 +5,6 @@ stays below the stop. Real worker, scheduler and listener processes, paused, kil
 the database made to refuse writes by a real SQLite write lock."""
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from rq import Queue
 from rq.registry import FailedJobRegistry
 
 from tests.conftest import wait_for
-from tests.engine_helpers import broker_orders, orders, run_event, started_strategy, trader, wait_status
+from tests.engine_helpers import broker_orders, log_entries, orders, run_event, started_strategy, trader, wait_status
 from webapp.engine.events import STOPLOSS
 
 pytestmark = pytest.mark.slow
@@ -64,15 +63,6 @@ def in_position(client, email: str) -> tuple[dict, int]:  # type: ignore[no-unty
     wait_status(client, headers, sid, "in_position")
     return headers, sid
 
-
-def log_entries(processes, name: str) -> list[dict]:  # type: ignore[no-untyped-def]
-    entries = []
-    for line in processes.log(name).splitlines():
-        try:
-            entries.append(json.loads(line))
-        except ValueError:
-            continue  # a traceback or RQ's own plain-text line
-    return entries
 
 
 def logged(processes, name: str, msg: str, event_id: str) -> int:  # type: ignore[no-untyped-def]
