@@ -15,7 +15,7 @@ import redis
 from flask import current_app
 from redis.exceptions import LockError, RedisError
 from webapp import clock, live, redis_client
-from webapp.engine import dispatch, runtime, schedule
+from webapp.engine import dispatch, exits, runtime, schedule
 from webapp.engine.events import BUY, KILL, SELL, STOP, Event
 from webapp.extensions import db
 from webapp.keys import runtime_lock
@@ -161,14 +161,14 @@ def _deploy(conn: redis.Redis, strategy: Strategy) -> str:
         if refusal:
             raise StartRefused(refusal)
         begin_run(conn, strategy, today, deploy=True)
-        return (f"Deployed ({days}) until you STOP it. Running today: BUY at {strategy.buy_time} IST, SELL at "
-                f"{strategy.sell_time} IST.")
+        return f"Deployed ({days}) until you STOP it. Running today: {_when(strategy)}."
     following = deploy.next_run_day(strategy, today + timedelta(days=1), calendar)
     if following is None:
         raise StartRefused(f"None of its weekdays ({days}) is a trading day: it would never run.")
-    message = f"Deployed: next run {following:%a %d %b}, BUY at {strategy.buy_time} IST."
+    message = f"Deployed: next run {following:%a %d %b}, {_entry(strategy)} at {strategy.buy_time} IST."
     if strategy.deployed:
-        return f"Already deployed ({days}). Next run {following:%a %d %b}, BUY at {strategy.buy_time} IST."
+        return (f"Already deployed ({days}). Next run {following:%a %d %b}, {_entry(strategy)} at "
+                f"{strategy.buy_time} IST.")
     strategy.deployed = True
     close_run(strategy)  # the last run's reason goes to its row before the strategy's says this
     strategy.status_reason = message
@@ -180,6 +180,16 @@ def _deploy(conn: redis.Redis, strategy: Strategy) -> str:
                                          "user_id": strategy.user_id, "weekdays": strategy.weekdays,
                                          "next_run": following.isoformat()})
     return message
+
+
+def _entry(strategy: Strategy) -> str:
+    return "SELL short" if strategy.direction == exits.SHORT else "BUY"
+
+
+def _when(strategy: Strategy) -> str:
+    """The run's two orders in the trader's words: a short enters with a SELL and exits with a BUY."""
+    leave = "BUY back" if strategy.direction == exits.SHORT else "SELL"
+    return f"{_entry(strategy)} at {strategy.buy_time} IST, {leave} at {strategy.sell_time} IST"
 
 
 def _audit(strategy: Strategy, action: str, detail: dict) -> AuditEvent:
@@ -245,7 +255,7 @@ def begin_run(conn: redis.Redis, strategy: Strategy, today: date, *, deploy: boo
                                         "run_id": run.id, "event_ids": [event.event_id for event, _ in triggers],
                                         "buy_at": buy_at.isoformat(), "sell_at": sell_at.isoformat(),
                                         "deployed": strategy.deployed})
-    return f"Running: BUY at {strategy.buy_time} IST, SELL at {strategy.sell_time} IST."
+    return f"Running: {_when(strategy)}."
 
 
 def close_run(strategy: Strategy) -> Run | None:
