@@ -124,7 +124,7 @@ def test_register_connect_create_logout_login(app, live_server: str, page: Page,
     expect(facts).to_contain_text("NSE:INFY")
     expect(facts).to_contain_text("09:20:00 IST")
     expect(facts).to_contain_text("15:00:00 IST")
-    expect(facts).to_contain_text("₹1400.50")
+    expect(facts).to_contain_text("₹1,400.50")
 
     page.get_by_role("link", name="Strategies", exact=True).click()
     expect(page).to_have_url(url(base, "/strategies"))
