@@ -106,6 +106,28 @@ def test_a_strategy_running_under_an_engaged_kill_switch_is_stopped(app, client,
     assert killed["position"] == 0 and orders(client, headers, sid) == []
 
 
+def test_a_daily_loss_stop_lost_with_redis_is_resent_with_its_reason(app, client, recovering):
+    """The risk watcher's STOP (stop_requested_at and stop_reason committed) never reached a queue: recovery
+    sends it again, and the user reads why, not "stopped by you"."""
+    from datetime import timedelta
+
+    from webapp import clock
+    from webapp.extensions import db
+    from webapp.models import Strategy
+
+    headers = trader(client, "halted@example.com")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=120)
+    wait_status(client, headers, sid, "in_position")
+    reason = "daily loss limit ₹2,000.00 hit: the day's P&L was −₹2,110.50 at 10:00 IST"
+    with app.app_context():
+        strategy = db.session.get(Strategy, sid)
+        strategy.stop_requested_at, strategy.stop_reason = clock.now() - timedelta(seconds=5), reason
+        db.session.commit()
+    stopped = wait_status(client, headers, sid, "stopped", timeout=15)
+    assert stopped["status_reason"] == reason and stopped["position"] == 0
+    assert [o["event"] for o in orders(client, headers, sid)] == ["BUY", "STOP"]
+
+
 @pytest.mark.parametrize("corrupt", [
     {"status": "waiting_entry"},  # as if the engine's Redis update after its commit was lost
     {"position": "7"},

@@ -142,6 +142,8 @@ class Strategy(TradeTerms, db.Model):
     run_id: Mapped[int | None] = mapped_column(nullable=True)
     # Set when the user asks to STOP, before the STOP is queued: a queue lost with Redis is resent by recovery.
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Why it was asked to stop when not by its owner (the daily loss limit): a STOP resent by recovery says so too.
+    stop_reason: Mapped[str | None] = mapped_column(db.String(255), nullable=True)
     algo_id: Mapped[str | None] = mapped_column(db.String(32), nullable=True)  # overrides KITE_ALGO_ID
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

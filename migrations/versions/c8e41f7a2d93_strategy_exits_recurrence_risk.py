@@ -37,6 +37,7 @@ def upgrade():
         batch_op.add_column(sa.Column('deployed', sa.Boolean(), server_default=sa.false(), nullable=False))
         batch_op.add_column(sa.Column('stop_price', MONEY, nullable=True))
         batch_op.add_column(sa.Column('target_price', MONEY, nullable=True))
+        batch_op.add_column(sa.Column('stop_reason', sa.String(255), nullable=True))
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('status', sa.String(16), nullable=True))
         batch_op.add_column(sa.Column('reason', sa.String(255), nullable=True))
@@ -72,7 +73,7 @@ def downgrade():
         for column in ('target_price', 'stop_price', 'direction', 'reason', 'status'):
             batch_op.drop_column(column)
     with op.batch_alter_table('strategies', schema=None) as batch_op:
-        for column in ('target_price', 'stop_price', 'deployed', 'weekdays', 'limit_wait_seconds',
+        for column in ('stop_reason', 'target_price', 'stop_price', 'deployed', 'weekdays', 'limit_wait_seconds',
                        'limit_buffer_pct', 'order_type', 'breakeven_at', 'trail_by', 'trail_every', 'trail_unit',
                        'target', 'target_type', 'stop_loss_type', 'direction'):
             batch_op.drop_column(column)

@@ -162,7 +162,7 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
     if strategy.stop_requested_at is not None and \
             (now - strategy.stop_requested_at).total_seconds() >= current_app.config["RECONCILE_SECONDS"]:
         # Still running a round after the user's STOP: its queued event was lost (e.g. with Redis). Again.
-        stop = Event.for_run(STOP, strategy.id, run)
+        stop = Event.for_run(STOP, strategy.id, run, reason=strategy.stop_reason)
         if stop.event_id not in snap.attempts:
             return actions + [("send", stop, "resumed")]
     if strategy.status == Status.IN_POSITION:

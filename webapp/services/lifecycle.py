@@ -226,7 +226,7 @@ def begin_run(conn: redis.Redis, strategy: Strategy, today: date, *, deploy: boo
     strategy.entry_price = strategy.exit_price = strategy.stop_price = strategy.target_price = None
     strategy.status_reason = None
     strategy.needs_attention = False
-    strategy.stop_requested_at = None
+    strategy.stop_requested_at = strategy.stop_reason = None
     strategy.last_action = "START"
     db.session.commit()
     triggers = [(Event.for_run(BUY, strategy.id, run.id, buy_at), buy_at),
@@ -287,7 +287,8 @@ def request_stop(strategy: Strategy) -> str:
         raise NotRunning("This strategy is not running.")
     conn = redis_client.current()
     event = Event.for_run(STOP, strategy.id, strategy.run_id)
-    strategy.stop_requested_at = clock.now()  # durable first: recovery resends a STOP lost with Redis
+    # Durable first: recovery resends a STOP lost with Redis (the owner's: no reason of another's).
+    strategy.stop_requested_at, strategy.stop_reason = clock.now(), None
     db.session.commit()
     # The STOP is queued before the triggers go: if queueing fails, the strategy keeps its SELL.
     try:

@@ -267,7 +267,7 @@ def stop_running(conn: redis.Redis, user_id: int, reason: str,
         return []
     now = clock.now()
     for strategy in strategies:
-        strategy.stop_requested_at = now
+        strategy.stop_requested_at, strategy.stop_reason = now, reason[:255]
     db.session.commit()
     events = [Event.for_run(STOP, s.id, s.run_id, reason=reason[:255]) for s in strategies]
     for batch in dispatch.batches(events, dispatch.live_workers(conn)):
