@@ -31,11 +31,10 @@ def paper_orders(conn, event_id: str) -> list[dict]:  # type: ignore[no-untyped-
     return found
 
 
-def limit_strategy(app, client, headers: dict, buy_in: float, sell_in: float, **columns: object) -> int:  # type: ignore[no-untyped-def]
-    """A strategy made through the API, then given its order type straight in the database before START: the
-    JSON API's validator (webapp/services/strategies.py, another change) may not take order_type yet."""
-    sid = api_strategy(client, headers, buy_time=seconds_ahead(buy_in), sell_time=seconds_ahead(sell_in))
-    db_update(app, Strategy, sid, order_type="LIMIT", **columns)
+def limit_strategy(app, client, headers: dict, buy_in: float, sell_in: float, **terms: object) -> int:  # type: ignore[no-untyped-def]
+    """A LIMIT strategy made through the API (its buffer left to LIMIT_BUFFER_PCT unless given) and STARTed."""
+    sid = api_strategy(client, headers, buy_time=seconds_ahead(buy_in), sell_time=seconds_ahead(sell_in),
+                       order_type="LIMIT", **terms)
     start(client, headers, sid)
     return sid
 

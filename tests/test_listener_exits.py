@@ -15,7 +15,7 @@ from tests.conftest import wait_for
 from tests.engine_helpers import (
     broker_orders, log_entries, orders, run_event, seconds_ahead, start, status, trader, wait_status,
 )
-from tests.helpers import STRATEGY, db_row, db_update
+from tests.helpers import api_strategy, db_row
 from webapp import keys
 from webapp.engine.events import STOPLOSS, TARGET
 from webapp.models import Strategy
@@ -23,8 +23,6 @@ from webapp.models import Strategy
 pytestmark = pytest.mark.slow
 
 PAISE = Decimal("0.01")
-TERMS = ("direction", "stop_loss_type", "stop_loss", "target_type", "target", "trail_unit", "trail_every",
-         "trail_by", "breakeven_at")
 
 
 @pytest.fixture
@@ -39,25 +37,9 @@ def script(tmp_path, rows: list[tuple[float, float]]) -> str:  # type: ignore[no
 
 
 def strategy(app, client, headers: dict, name: str, **terms: object) -> int:  # type: ignore[no-untyped-def]
-    """Created through the JSON API with its exit terms and STARTed (BUY in a second, SELL in five minutes).
-    The API's validator is being extended to the new terms (webapp/services/strategies.py): where it does
-    not take them yet, they are written to the strategy's columns directly before START, which is what the
-    validator would store. Switch to api_strategy alone once it takes them all."""
-    body = {**STRATEGY, "name": name, "buy_time": seconds_ahead(1), "sell_time": seconds_ahead(300),
-            **{k: str(v) for k, v in terms.items() if v is not None}}
-    response = client.post("/api/v1/strategy/create", json=body, headers=headers)
-    if response.status_code != 201:
-        plain = {k: v for k, v in body.items() if k not in TERMS or k == "stop_loss"}
-        if terms.get("stop_loss_type", "price") != "price":
-            plain["stop_loss"] = STRATEGY["stop_loss"]  # a percent or points would not pass as a price
-        response = client.post("/api/v1/strategy/create", json=plain, headers=headers)
-        assert response.status_code == 201, response.json
-    sid = response.json["strategy_id"]
-    wanted = {k: Decimal(str(v)) if k in ("stop_loss", "target", "trail_every", "trail_by", "breakeven_at")
-              and v is not None else v for k, v in terms.items()}
-    row = db_row(app, Strategy, sid)
-    if any(row[k] != v for k, v in wanted.items()):
-        db_update(app, Strategy, sid, **wanted)
+    """Created through the JSON API with its exit terms and STARTed (BUY in a second, SELL in five minutes)."""
+    sid = api_strategy(client, headers, name=name, buy_time=seconds_ahead(1), sell_time=seconds_ahead(300),
+                       **{k: str(v) for k, v in terms.items() if v is not None})
     start(client, headers, sid)
     return sid
 

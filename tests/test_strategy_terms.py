@@ -77,6 +77,18 @@ def test_update_merges_the_new_fields_and_round_trips_decimals_and_nulls(app, cl
     assert row["target"] is None and row["limit_buffer_pct"] is None and row["weekdays"] is None
 
 
+def test_a_limit_without_buffer_or_wait_takes_the_engine_defaults(app, client):
+    from webapp.extensions import db
+    from webapp.strategies.terms_text import facts
+
+    headers = api_register(client, "limitdefaults@example.com")
+    sid = api_strategy(client, headers, order_type="LIMIT", limit_buffer_pct="", limit_wait_seconds=None)
+    row = db_row(app, Strategy, sid)
+    assert (row["order_type"], row["limit_buffer_pct"], row["limit_wait_seconds"]) == ("LIMIT", None, None)
+    with app.app_context():  # as the cards and the strategy page say it: LIMIT_BUFFER_PCT, LIMIT_WAIT_SECONDS
+        assert ("Orders", "LIMIT ±0.1%, MARKET after 3 s unfilled") in facts(db.session.get(Strategy, sid), {})
+
+
 def test_weekdays_take_a_list_and_are_sorted_once_each(app, client):
     headers = api_register(client, "days@example.com")
     sid = api_strategy(client, headers, weekdays=[4, 0, 0, "2"])
@@ -113,13 +125,14 @@ BAD_TERMS = [
     ({"trail_unit": "ticks", "trail_every": "10", "trail_by": "5"}, "trail_unit", "points or percent"),
     ({"breakeven_at": "0"}, "breakeven_at", "greater than 0"),
     ({"order_type": "STOP"}, "order_type", "MARKET or LIMIT"),
-    ({"order_type": "LIMIT", "limit_wait_seconds": 10}, "limit_buffer_pct", "Enter a percentage"),
+    ({"order_type": "LIMIT", "limit_buffer_pct": "half", "limit_wait_seconds": 10}, "limit_buffer_pct",
+     "Enter a percentage"),
     ({"order_type": "LIMIT", "limit_buffer_pct": "0", "limit_wait_seconds": 10}, "limit_buffer_pct",
      "greater than 0"),
     ({"order_type": "LIMIT", "limit_buffer_pct": "5.5", "limit_wait_seconds": 10}, "limit_buffer_pct", "at most 5"),
     ({"order_type": "LIMIT", "limit_buffer_pct": "1", "limit_wait_seconds": 0}, "limit_wait_seconds", "1 to 60"),
     ({"order_type": "LIMIT", "limit_buffer_pct": "1", "limit_wait_seconds": 61}, "limit_wait_seconds", "1 to 60"),
-    ({"order_type": "LIMIT", "limit_buffer_pct": "1"}, "limit_wait_seconds", "1 to 60"),
+    ({"order_type": "LIMIT", "limit_buffer_pct": "1", "limit_wait_seconds": "soon"}, "limit_wait_seconds", "1 to 60"),
     ({"weekdays": "56"}, "weekdays", "digits 0–4"),
     ({"weekdays": "mon"}, "weekdays", "digits 0–4"),
     ({"weekdays": 12}, "weekdays", "digits 0–4"),
@@ -182,8 +195,8 @@ def test_the_form_folds_the_more_options_away_with_their_defaults(app, client):
                         ("trail_unit", "points"), ("order_type", "MARKET")):
         select = re.search(rf'<select id="f-{name}".*?</select>', html, re.S).group(0)
         assert re.search(rf'<option value="{value}" selected>', select), (name, select)
-    assert 'name="limit_buffer_pct" type="text" value="0.5"' in html
-    assert 'name="limit_wait_seconds" type="number" value="10"' in html
+    assert 'name="limit_buffer_pct" type="text" value="0.1"' in html  # LIMIT_BUFFER_PCT, the engine's default
+    assert 'name="limit_wait_seconds" type="number" value="3"' in html
     assert len(re.findall(r'type="checkbox" name="weekdays"', html)) == 5 and " checked" not in html
     assert 'id="last-price"' in html and "field-error" not in html
 

@@ -301,15 +301,17 @@ def _terms(data: dict, clean: dict) -> dict[str, str]:
     clean["limit_buffer_pct"] = clean["limit_wait_seconds"] = None
     if order_type not in ORDER_TYPES:
         errors["order_type"] = "Must be MARKET or LIMIT."
-    elif order_type == "LIMIT":
-        clean["limit_buffer_pct"], message = _price(data.get("limit_buffer_pct"), "Enter a percentage, e.g. 0.5.",
-                                                    MAX_LIMIT_BUFFER_PCT, places=3)
-        if message:
-            errors["limit_buffer_pct"] = message
-        low, high = LIMIT_WAIT_SECONDS
-        clean["limit_wait_seconds"], message = _quantity(data.get("limit_wait_seconds"), high)
-        if message:
-            errors["limit_wait_seconds"] = f"Enter whole seconds from {low} to {high}."
+    elif order_type == "LIMIT":  # either left empty: the engine's LIMIT_BUFFER_PCT / LIMIT_WAIT_SECONDS
+        if data.get("limit_buffer_pct") not in (None, ""):
+            clean["limit_buffer_pct"], message = _price(data.get("limit_buffer_pct"), "Enter a percentage, e.g. 0.5.",
+                                                        MAX_LIMIT_BUFFER_PCT, places=3)
+            if message:
+                errors["limit_buffer_pct"] = message
+        if data.get("limit_wait_seconds") not in (None, ""):
+            low, high = LIMIT_WAIT_SECONDS
+            clean["limit_wait_seconds"], message = _quantity(data.get("limit_wait_seconds"), high)
+            if message:
+                errors["limit_wait_seconds"] = f"Enter whole seconds from {low} to {high}."
 
     clean["weekdays"], message = _weekdays(data.get("weekdays"))
     if message:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flask import Blueprint, flash, render_template, request, url_for
+from flask import Blueprint, current_app, flash, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from webapp import instruments
@@ -21,11 +21,10 @@ def _require_login() -> None:
     return None
 
 
-# What the "More options" inputs show before the trader changes anything (the LIMIT pair is only used once
-# LIMIT is picked, so its usual values can sit there ready).
+# What the "More options" inputs show before the trader changes anything (the LIMIT pair, the engine's
+# defaults, is only used once LIMIT is picked, so it can sit there ready).
 FORM_DEFAULTS = {"exchange": "NSE", "product": "MIS", "direction": "long", "stop_loss_type": "price",
-                 "target_type": "", "trail_unit": "points", "order_type": "MARKET", "limit_buffer_pct": "0.5",
-                 "limit_wait_seconds": "10"}
+                 "target_type": "", "trail_unit": "points", "order_type": "MARKET"}
 
 
 def _posted() -> dict:
@@ -42,7 +41,9 @@ def _last_price(exchange: object, symbol: object):  # type: ignore[no-untyped-de
 
 
 def _form(strategy, errors: dict, status: int, values):  # type: ignore[no-untyped-def]
-    values = {**FORM_DEFAULTS, **{k: v for k, v in values.items() if v is not None}}
+    config = current_app.config
+    limit = {"limit_buffer_pct": f"{config['LIMIT_BUFFER_PCT']:g}", "limit_wait_seconds": f"{config['LIMIT_WAIT_SECONDS']:g}"}
+    values = {**FORM_DEFAULTS, **limit, **{k: v for k, v in values.items() if v is not None}}
     context = {
         "strategy": strategy,
         "errors": errors,
