@@ -20,6 +20,11 @@ from webapp.models import Strategy
 
 
 @pytest.fixture
+def app_overrides() -> dict:
+    return {"TRAIL_FLUSH_SECONDS": 0}  # every flush writes the moved stops these tests look for
+
+
+@pytest.fixture
 def listener(app, redis_conn, tmp_path):  # type: ignore[no-untyped-def]
     quiet = tmp_path / "quiet.csv"
     quiet.write_text("offset_seconds,symbol,price\n")

@@ -102,6 +102,9 @@ class Config:
         # fired again with the same event id while the price stays breached; the pause doubles up to the max.
         self.STOPLOSS_REFIRE_SECONDS = float(os.environ.get("STOPLOSS_REFIRE_SECONDS", "5"))
         self.STOPLOSS_REFIRE_MAX_SECONDS = float(os.environ.get("STOPLOSS_REFIRE_MAX_SECONDS", "60"))
+        # How often the listener writes the stops it has trailed (for a restart and the chart; the stop in force
+        # lives in its index): every 100 ms with the prices cost 2x a static stop's tick at 10,000 moving stops.
+        self.TRAIL_FLUSH_SECONDS = float(os.environ.get("TRAIL_FLUSH_SECONDS", "0.5"))
         # Instruments held in position with no ticks (stale, or no feed at all) are priced by REST quotes this
         # often (the shared rate limiter keeps each API key within KITE_QUOTE_LIMITS).
         self.FEED_QUOTE_SECONDS = float(os.environ.get("FEED_QUOTE_SECONDS", "1"))
