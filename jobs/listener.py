@@ -282,8 +282,13 @@ class Listener:
                 if not exits.stop_hit(watch.direction, price, watch.stop):
                     continue
                 hit = (STOPLOSS, watch.stop)
-            self.index.remove(sid)
-            self._unwait(member)
+            if hit[0] == TARGET:
+                # The stop stays watched: should the TARGET's job be lost and the price turn, the stop must
+                # still fire (the engine keeps it to one exit a run).
+                self.index.discard(sid, ix.TARGET)
+            else:
+                self.index.remove(sid)
+                self._unwait(member)
             found.append((member, tick, *hit))
 
     def _wait_for_turn(self, member: Member, watch: Watch, price: float) -> bool:
@@ -548,21 +553,21 @@ class Listener:
         raw = self.conn.hmget(keys.runtime(sid), *LEVEL_FIELDS)
         return _watch(raw, None) if raw[2] is not None else None
 
-    def _fired_exit(self, member: Member) -> bool:
+    def _fired(self, member: Member, kind: str) -> bool:
         """Caller holds the lock."""
-        return any(event_id(kind, member.strategy_id, member.run_id) in self.fired for kind in (STOPLOSS, TARGET))
+        return event_id(kind, member.strategy_id, member.run_id) in self.fired
 
     def _index(self, member: Member) -> None:
-        """Caller holds the lock. Only a held position can exit; one whose exit already fired is left to
-        refire_due, not fired again by every tick."""
+        """Caller holds the lock. Only a held position can exit; an exit that already fired is left to
+        refire_due, not fired again by every tick. A fired TARGET leaves the stop watched."""
         watch = member.watch
         sid = member.strategy_id
-        if member.status != Status.IN_POSITION or watch is None or self._fired_exit(member):
+        if member.status != Status.IN_POSITION or watch is None or self._fired(member, STOPLOSS):
             self.index.remove(sid)
             return
         key, short = member.instrument.key, watch.direction == exits.SHORT
         self.index.set(key, sid, ix.STOP, ix.RISE if short else ix.FALL, watch.stop)
-        if watch.target is not None:
+        if watch.target is not None and not self._fired(member, TARGET):
             self.index.set(key, sid, ix.TARGET, ix.FALL if short else ix.RISE, watch.target)
         else:
             self.index.discard(sid, ix.TARGET)

@@ -140,12 +140,14 @@ def queued(redis_conn, queue: str = "stoploss") -> list[tuple[str, str]]:  # typ
             for event in job.args[0]]
 
 
-def test_a_target_fires_one_target_and_a_stop_crossed_on_the_same_run_fires_nothing_more(listener, redis_conn):
+def test_a_fired_target_refires_only_at_or_beyond_it_and_leaves_the_stop_watched(listener, redis_conn):
+    """A TARGET whose job is lost must not leave a position that turns unguarded: the stop stays indexed.
+    One exit a run is the engine's to keep (after target_hit the state machine drops a STOPLOSS)."""
     runtime.activate(redis_conn, held(7, target_type="price", target=Decimal("1600")))
     listener.resync()
     listener.on_ticks([Tick(INFY, 1599.95)])
     assert queued(redis_conn) == []
-    listener.on_ticks([Tick(INFY, 1600.5), Tick(INFY, 1390.0)])  # the target, then the stop: one exit a run
+    listener.on_ticks([Tick(INFY, 1600.5), Tick(INFY, 1605.0)])  # fired once, not by every tick beyond it
     assert queued(redis_conn) == [("7:TARGET:7", "1600.50")]
     listener.fired["7:TARGET:7"].due = 0.0
     listener.on_ticks([Tick(INFY, 1590.0)])  # back below the target: nothing fires again
@@ -153,6 +155,8 @@ def test_a_target_fires_one_target_and_a_stop_crossed_on_the_same_run_fires_noth
     listener.on_ticks([Tick(INFY, 1605.0)])
     listener.refire_due()
     assert queued(redis_conn) == [("7:TARGET:7", "1600.50")] * 2  # the same event again, while at or beyond
+    listener.on_ticks([Tick(INFY, 1390.0)])  # still in position and the price falls through the stop
+    assert queued(redis_conn)[2:] == [("7:STOPLOSS:7", "1390.00")]
 
 
 def test_a_short_stops_above_and_takes_its_target_below(listener, redis_conn):
