@@ -106,6 +106,21 @@ def test_a_strategy_running_under_an_engaged_kill_switch_is_stopped(app, client,
     assert killed["position"] == 0 and orders(client, headers, sid) == []
 
 
+def test_a_runtime_hash_from_before_exit_levels_is_rebuilt_not_stopped_as_corrupt(app, client, redis_conn):
+    """Upgrading with strategies running: their hashes lack the level fields; recovery writes them from the
+    database and leaves the run alone."""
+    from webapp.engine import recovery, runtime
+
+    headers = trader(client, "upgrade@example.com")
+    sid = started_strategy(client, headers, buy_in=60, sell_in=120)
+    redis_conn.hdel(keys.runtime(sid), *runtime.LEVEL_FIELDS)
+    with app.app_context():
+        report = recovery.reconcile()
+    assert sid in report.rebuilt and sid not in report.corrupt
+    assert redis_conn.hget(keys.runtime(sid), "direction") == b"long"
+    assert client.get(f"/api/v1/strategy/status/{sid}", headers=headers).json["status"] == "waiting_entry"
+
+
 def test_a_daily_loss_stop_lost_with_redis_is_resent_with_its_reason(app, client, recovering):
     """The risk watcher's STOP (stop_requested_at and stop_reason committed) never reached a queue: recovery
     sends it again, and the user reads why, not "stopped by you"."""

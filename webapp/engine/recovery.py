@@ -147,9 +147,10 @@ def _plan(strategy: Strategy, snap: Snapshot, now: datetime, halted: bool) -> li
         problem = corruption(strategy, snap.has_static, snap.fields)
         if problem:
             return [("corrupt", problem, snap.fields)]
-        if snap.static_run != str(run):
+        if snap.static_run != str(run) or any(name not in snap.fields for name in runtime.LEVEL_FIELDS):
             # Written before runs existed (or by an earlier run): the listener cannot name this run's
-            # STOPLOSS from it, so it would not watch the stop. Rebuilt from the database.
+            # STOPLOSS from it, so it would not watch the stop; or before exit levels existed. Rebuilt from
+            # the database.
             actions.append(("rebuild",))
     this_run = f":{run}"
     for event_id, attempts in snap.attempts.items():
@@ -252,7 +253,7 @@ def corruption(strategy: Strategy, has_static: bool, fields: dict[str, str]) -> 
     """What is wrong with a running strategy's Redis state against its database row, or None."""
     if not has_static or not fields:
         return "half of its Redis keys are missing"
-    missing = [name for name in runtime.FIELDS if name not in fields]
+    missing = [name for name in runtime.STATE_FIELDS if name not in fields]
     if missing:
         return f"runtime fields missing: {', '.join(missing)}"
     try:

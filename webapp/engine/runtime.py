@@ -12,18 +12,19 @@ from webapp.engine import exits
 from webapp.models import Strategy
 
 
-# Every field the engine keeps in runtime:{id} (recovery checks them all). The exit levels are resolved at the
-# entry fill; the listener adds trail_stop (the stop it has trailed to) and nothing else.
-FIELDS = ("status", "position", "last_action", "entry_price", "exit_price", "status_reason", "needs_attention",
-          "updated_at", "direction", "stop_price", "target_price", "trail_every", "trail_by", "breakeven_at")
+# Every field the engine keeps in runtime:{id}: recovery finds a hash corrupt without a state field, and rebuilds
+# one without the exit levels (written before they existed). The levels are resolved at the entry fill; the
+# listener adds trail_stop (the stop it has trailed to) and nothing else.
+STATE_FIELDS = ("status", "position", "last_action", "entry_price", "exit_price", "status_reason", "needs_attention",
+                "updated_at")
+LEVEL_FIELDS = ("direction", "stop_price", "target_price", "trail_every", "trail_by", "breakeven_at")
 TRAIL_STOP = "trail_stop"
 
 
 def levels(strategy: Strategy) -> dict[str, str]:
     """The run's exit levels for the listener: resolved from the entry fill ('' before it)."""
     if strategy.entry_price is None:
-        return {"direction": strategy.direction, "stop_price": "", "target_price": "", "trail_every": "",
-                "trail_by": "", "breakeven_at": ""}
+        return {name: "" for name in LEVEL_FIELDS} | {"direction": strategy.direction}
     resolved = exits.resolve(strategy, strategy.entry_price)
     return resolved.to_fields() | {"stop_price": str(strategy.stop_price or resolved.stop),
                                    "target_price": "" if strategy.target_price is None and resolved.target is None
