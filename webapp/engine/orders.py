@@ -147,8 +147,10 @@ def limit_price(side: str, last: Decimal, buffer_pct: Decimal, tick: Decimal = T
 
 
 def _last_price(strategy: Strategy) -> tuple[Decimal | None, Decimal]:
-    """The instrument's last price as the listener stored it, else the paper catalogue's; and its tick."""
-    known = instruments.lookup(strategy.exchange, strategy.symbol)
+    """The instrument's last price as the listener stored it, else (paper mode only: its prices are made up)
+    the paper catalogue's; and its tick."""
+    paper = current_app.config["BROKER"] != "kite"
+    known = instruments.lookup(strategy.exchange, strategy.symbol) if paper else None
     tick = known.tick_size if known is not None else TICK
     try:
         raw = redis_client.current().get(keys.last_price(strategy.exchange, strategy.symbol))
