@@ -205,6 +205,14 @@ def test_day_pnl_sums_finished_and_open_runs_of_the_day_in_either_direction_in_a
                                                                       if t.limit == Decimal("100")}
         redis_conn.delete(keys.last_price("NSE", "TCS"))  # no price: the open run is left out, and said so
         assert risk.day_pnl(first, day).unpriced and risk.day_pnl(first, day).total == -100
+        # Bought and squared off by the broker at its MIS cut-off (position 0, no exit fill of ours): not a
+        # loss of the whole entry value, which would halt the user; left out, and said so.
+        squared = _strategy(first, "SBIN", "long")
+        _run(squared, day, [("BUY", "800", 10)], current=True, position=0)
+        db.session.commit()
+        redis_conn.set(keys.last_price("NSE", "TCS"), "210")
+        after = risk.day_pnl(first, day)
+        assert after.total == -150 and squared.id in after.unpriced and not after.breached
 
 
 def _strategy(user: User, symbol: str, direction: str) -> Strategy:

@@ -16,11 +16,12 @@ from flask import Response
 from sqlalchemy import select
 
 from webapp.engine import exits
+from webapp.engine.executor import EXIT_STATUS
 from webapp.extensions import db
 from webapp.market_calendar import IST
 from webapp.models import OrderLog, Run, Strategy
 from webapp.services import status as status_service
-from webapp.services.status import fills_pnl
+from webapp.services.status import fills_pnl, open_quantity
 from webapp.state_machine import is_running
 
 PAISE = Decimal("0.01")
@@ -40,8 +41,7 @@ STATUS_WORDS = {
     SKIPPED: "Skipped",
 }
 # A run closed before runs kept their outcome: its last filled exit says how it ended.
-_EXIT_STATUS = {"SELL": "completed", "STOPLOSS": "stopped_loss", "TARGET": "target_hit", "STOP": "stopped",
-                "KILL": "killed"}
+_EXIT_STATUS = {event: status.value for event, status in EXIT_STATUS.items()}
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _row(strategy: Strategy, run: Run, orders: list[OrderLog], last_price: Decim
     entry_side = exits.entry_side(run.direction)
     entry_quantity, entry_price = _average([row for row in filled if row.side == entry_side])
     exit_quantity, exit_price = _average([row for row in filled if row.side != entry_side])
-    open_quantity = max(entry_quantity - exit_quantity, 0)
+    held = open_quantity(filled, run.direction)
     in_progress = current and is_running(strategy.status)
 
     if run.status is not None:
@@ -143,7 +143,7 @@ def _row(strategy: Strategy, run: Run, orders: list[OrderLog], last_price: Decim
                                         strategy.target_price)
     else:
         exited = [row.event for row in filled if row.side != entry_side and row.event in _EXIT_STATUS]
-        status = _EXIT_STATUS[exited[-1]] if exited and not open_quantity else None
+        status = _EXIT_STATUS[exited[-1]] if exited and not held else None
         reason, stop, target = None, run.stop_price, run.target_price
 
     # P&L from the fills (status.fills_pnl, either direction): a closed position is realised; an open one
@@ -151,14 +151,14 @@ def _row(strategy: Strategy, run: Run, orders: list[OrderLog], last_price: Decim
     # run that has ended (flagged, acknowledged, squared off by the broker) has no P&L we can vouch for.
     pnl = percent = None
     realised = False
-    mark = last_price if in_progress and open_quantity else None
-    if entry_quantity and (not open_quantity or mark is not None):
-        pnl, percent = fills_pnl(filled, run.direction, open_quantity, mark)
-        realised = not open_quantity
+    mark = last_price if in_progress and held else None
+    if entry_quantity and (not held or mark is not None):
+        pnl, percent = fills_pnl(filled, run.direction, held, mark)
+        realised = not held
     return RunRow(
         run_id=run.id, run_date=run.run_date, started_at=run.started_at, direction=run.direction, status=status,
         reason=reason, current=current, in_progress=in_progress, entry_quantity=entry_quantity,
-        entry_price=entry_price, exit_quantity=exit_quantity, exit_price=exit_price, open_quantity=open_quantity,
+        entry_price=entry_price, exit_quantity=exit_quantity, exit_price=exit_price, open_quantity=held,
         last_price=_paise(mark), pnl=_paise(pnl), pnl_percent=_paise(percent), realised=realised,
         cumulative_pnl=Decimal(0), stop_price=stop, target_price=target, orders=len(orders))
 

@@ -32,7 +32,7 @@ from webapp.extensions import db
 from webapp.market_calendar import IST, exchange_date
 from webapp.models import AuditEvent, DayHalt, OrderLog, Run, Strategy, User
 from webapp.services.errors import ValidationFailed
-from webapp.services.status import fills_pnl
+from webapp.services.status import fills_pnl, open_quantity
 from webapp.state_machine import RUNNING
 
 log = logging.getLogger("services.risk")
@@ -155,6 +155,12 @@ def _totals(day: str, runs: dict[int, _RunRows], prices: dict[tuple[str, str], D
         if pnl is None:
             pnl = users[run.user_id] = DayPnl(run.user_id, day, run.limit)
         pnl.runs += 1
+        if not run.position and open_quantity(run.fills, run.direction):  # type: ignore[arg-type]
+            # Closed without an exit fill of ours (the broker's MIS square-off, a position a human
+            # acknowledged): what it made is not ours to guess, and counting the entry alone as a loss
+            # would halt the user for nothing. Left out, and said so.
+            pnl.unpriced.append(run.strategy_id)
+            continue
         if not run.position:
             made, _ = fills_pnl(run.fills, run.direction, 0, None)  # type: ignore[arg-type]
             pnl.realised += made or 0

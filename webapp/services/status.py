@@ -32,6 +32,13 @@ def pnl(strategy: Strategy, last_price: Decimal | None) -> tuple[Decimal | None,
     return fills_pnl(_fills(strategy), strategy.direction, strategy.position, last_price)
 
 
+def open_quantity(filled: list[OrderLog], direction: str) -> int:
+    """What one run's fills entered and did not exit."""
+    side = exits.entry_side(direction)
+    entered = sum(row.filled_quantity for row in filled if row.side == side)
+    return max(entered - sum(row.filled_quantity for row in filled if row.side != side), 0)
+
+
 def fills_pnl(filled: list[OrderLog], direction: str, position: int,
               last_price: Decimal | None) -> tuple[Decimal | None, Decimal | None]:
     """(rupees, percent of the entry value) of one run's filled orders, marking any open position at
