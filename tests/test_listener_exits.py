@@ -142,3 +142,17 @@ def test_a_target_reached_ends_the_run_as_target_hit_with_one_exit(app, client, 
     assert broker_orders(redis_conn, run_event(TARGET, sid).event_id) == 1
     assert [e["msg"] for e in log_entries(engine, "listener") if e.get("strategy_id") == sid] == ["target hit"]
     assert client.get(f"/api/v1/strategy/{sid}/chart", headers=headers).json["target"] == float(target)
+
+
+def test_a_points_stop_larger_than_the_fill_is_told_not_silently_unwatchable(app, client, engine):
+    """Made when no price was known (Kite mode before the first tick), so the form could not refuse it: the
+    entry fills and the trader is told that no price can reach the stop."""
+    from tests.helpers import db_update
+
+    headers = trader(client, "deep@example.com")
+    sid = api_strategy(client, headers, buy_time=seconds_ahead(1), sell_time=seconds_ahead(300))
+    db_update(app, Strategy, sid, stop_loss_type="points", stop_loss=Decimal("5000"))
+    start(client, headers, sid)
+    held = wait_status(client, headers, sid, "in_position")
+    assert held["stop_price"] == str(paise(fill(client, headers, sid) - 5000))
+    assert "no price can reach it" in held["status_reason"]

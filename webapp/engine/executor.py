@@ -419,6 +419,11 @@ def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:
         strategy.entry_price = state.average_price
         levels = exits.resolve(strategy, state.average_price)  # % and points stops from the real fill
         strategy.stop_price, strategy.target_price = levels.stop, levels.target
+        if levels.stop <= 0:  # points larger than the price (no price was known to refuse them at create)
+            strategy.status_reason = (f"The stop-loss resolved to ₹{levels.stop} from the entry at "
+                                      f"₹{state.average_price}: no price can reach it, so only the exit at sell "
+                                      f"time or your STOP will close this position.")
+            log.critical("stop-loss resolved below zero", extra=_ids(event, strategy, stop=str(levels.stop)))
         strategy.last_action = BUY
         if filled < strategy.quantity:
             verb = "Sold short" if strategy.direction == exits.SHORT else "Bought"

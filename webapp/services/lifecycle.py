@@ -121,6 +121,9 @@ def run_lock(conn: redis.Redis, strategy: Strategy, blocking: bool = True) -> It
 
 
 def _start(strategy: Strategy) -> str:
+    db.session.refresh(strategy)
+    if is_running(strategy.status):
+        return "Already running."  # without the locks: the engine holds the strategy's while it acts
     conn = redis_client.current()
     with run_lock(conn, strategy):
         db.session.refresh(strategy)
