@@ -40,6 +40,15 @@ def json_error(status: int, message: str, code: str | None = None, **extra: obje
     return jsonify(error=code or ERROR_CODES.get(status, "ERROR"), message=message, **extra), status
 
 
+def csv_attachment(export: tuple[str, str]) -> Response:
+    """A (CSV text, file name) as a download: UTF-8, never cached (it holds a trader's orders)."""
+    body, filename = export
+    response = Response(body.encode("utf-8"), content_type="text/csv; charset=utf-8")
+    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def go_to(url: str) -> Response:
     """After a successful form post: HTMX follows HX-Redirect; a plain browser follows a 303."""
     if is_htmx():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import jsonify
 
 from webapp.api import api_user, auth_required, bp
+from webapp.http import csv_attachment
 from webapp.services import strategies as service
 from webapp.services import history
 
@@ -18,10 +19,10 @@ def strategy_runs(strategy_id: int):  # type: ignore[no-untyped-def]
 @bp.get("/strategy/<int:strategy_id>/runs.csv")
 @auth_required
 def strategy_runs_csv(strategy_id: int):  # type: ignore[no-untyped-def]
-    return history.runs_csv_response(service.get_owned(api_user(), strategy_id))
+    return csv_attachment(history.runs_export(service.get_owned(api_user(), strategy_id)))
 
 
 @bp.get("/strategy/<int:strategy_id>/orders.csv")
 @auth_required
 def strategy_orders_csv(strategy_id: int):  # type: ignore[no-untyped-def]
-    return history.orders_csv_response(service.get_owned(api_user(), strategy_id))
+    return csv_attachment(history.orders_export(service.get_owned(api_user(), strategy_id)))

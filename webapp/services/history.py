@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from flask import Response
 from sqlalchemy import select
 
 from webapp.engine import exits
@@ -274,17 +273,11 @@ def payload(strategy: Strategy) -> dict:
     return to_json(strategy, runs(strategy, mark(strategy)))
 
 
-def _attachment(body: str, filename: str) -> Response:
-    response = Response(body.encode("utf-8"), content_type="text/csv; charset=utf-8")
-    response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    response.headers["Cache-Control"] = "no-store"
-    return response
+def runs_export(strategy: Strategy) -> tuple[str, str]:
+    """(CSV text, file name) of the strategy's runs."""
+    return runs_csv(runs(strategy, mark(strategy))), f"strategy-{strategy.id}-runs.csv"
 
 
-def runs_csv_response(strategy: Strategy) -> Response:
-    rows = runs(strategy, mark(strategy))
-    return _attachment(runs_csv(rows), f"strategy-{strategy.id}-runs.csv")
-
-
-def orders_csv_response(strategy: Strategy) -> Response:
-    return _attachment(orders_csv(strategy), f"strategy-{strategy.id}-orders.csv")
+def orders_export(strategy: Strategy) -> tuple[str, str]:
+    """(CSV text, file name) of the strategy's orders."""
+    return orders_csv(strategy), f"strategy-{strategy.id}-orders.csv"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import jsonify, render_template
 from flask_login import current_user
 
+from webapp.http import csv_attachment
 from webapp.services import history
 from webapp.services import strategies as service
 from webapp.strategies import bp
@@ -35,9 +36,9 @@ def runs_json(strategy_id: int):  # type: ignore[no-untyped-def]
 
 @bp.get("/<int:strategy_id>/runs.csv")
 def runs_csv(strategy_id: int):  # type: ignore[no-untyped-def]
-    return history.runs_csv_response(service.get_owned(current_user, strategy_id))
+    return csv_attachment(history.runs_export(service.get_owned(current_user, strategy_id)))
 
 
 @bp.get("/<int:strategy_id>/orders.csv")
 def orders_csv(strategy_id: int):  # type: ignore[no-untyped-def]
-    return history.orders_csv_response(service.get_owned(current_user, strategy_id))
+    return csv_attachment(history.orders_export(service.get_owned(current_user, strategy_id)))

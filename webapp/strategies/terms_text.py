@@ -9,7 +9,8 @@ from flask import current_app
 from webapp.engine import exits
 from webapp.models import Strategy
 from webapp.money import inr
-from webapp.services.deploy import describe_weekdays
+from webapp.market_calendar import IST
+from webapp.services.deploy import describe_weekdays, next_run
 
 
 def _amount(kind: str, value: Decimal) -> str:
@@ -32,7 +33,10 @@ def schedule_text(strategy: Strategy) -> str:
     if not strategy.weekdays:
         return "One day per START"
     named = "Mon–Fri" if strategy.weekdays == "01234" else describe_weekdays(strategy.weekdays)
-    return f"{named}, until stopped" + ("" if strategy.deployed else " (not deployed: press START)")
+    if not strategy.deployed:
+        return f"{named}, until stopped (not deployed: press START)"
+    following = next_run(strategy)
+    return f"{named}, until stopped" + (f"; next {following.astimezone(IST):%a %d %b %H:%M} IST" if following else "")
 
 
 def facts(strategy: Strategy, state: dict) -> list[tuple[str, str]]:
