@@ -196,12 +196,13 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
 
 
 def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(client, processes, redis_conn):
-    """The broker never took the first attempt and the retry would come after the grace window (here 1 s,
-    the retry's pause 1.5 s): no late entry, the run fails with nothing placed."""
+    """The broker never took the first attempt and the retry would come after the grace window (here 2 s,
+    the retry's pause 3 s; a 1 s window was missed by the first attempt itself on a loaded machine): no late
+    entry, the run fails with nothing placed."""
     from tests.engine_helpers import broker_orders, inject_faults, run_event
     from webapp.engine.events import BUY
 
-    processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "1", "ORDER_RETRY_BACKOFF": "1.5"}
+    processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "2", "ORDER_RETRY_BACKOFF": "3"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
     headers = trader(client, "late@example.com")

@@ -192,7 +192,7 @@ def _exits_due(strategy: Strategy, snap: Snapshot, now: datetime, run: int) -> l
     """A breached stop with no STOPLOSS of this run recorded, and an MIS position the cut-off is about to
     catch: exits that must go now. An event already attempted is the engine's (resumed above if unfinished)."""
     # The stop in force: the listener's trailed one (it only tightens) over the one resolved at entry.
-    stop = _decimal(snap.fields.get(runtime.TRAIL_STOP, "").encode()) or strategy.stop_price or strategy.stop_loss
+    stop = runtime.stop_in_force(snap.fields, strategy.direction) or strategy.stop_price or strategy.stop_loss
     breached = snap.last_price is not None and exits.stop_hit(strategy.direction, float(snap.last_price), float(stop))
     stoploss = Event.for_run(STOPLOSS, strategy.id, run, price=str(snap.last_price))
     if breached and stoploss.event_id not in snap.attempts:

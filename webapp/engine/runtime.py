@@ -3,6 +3,7 @@ runs. The database stays the truth; this is rebuilt from it, and written after i
 from __future__ import annotations
 
 import json
+from decimal import Decimal, InvalidOperation
 
 import redis
 from redis.client import Pipeline
@@ -19,6 +20,20 @@ STATE_FIELDS = ("status", "position", "last_action", "entry_price", "exit_price"
                 "updated_at")
 LEVEL_FIELDS = ("direction", "stop_price", "target_price", "trail_every", "trail_by", "breakeven_at")
 TRAIL_STOP = "trail_stop"
+
+
+def stop_in_force(fields: dict[str, str], direction: str) -> Decimal | None:
+    """The stop a runtime hash says is in force: the tighter of the one resolved at entry and the one the
+    listener trailed to (a trailed stop only ever tightens, but a hash rebuilt from the database loses it)."""
+    stops = []
+    for name in ("stop_price", TRAIL_STOP):
+        try:
+            stops.append(Decimal(fields[name]))
+        except (KeyError, InvalidOperation):
+            continue  # not set (before the entry fill), or unreadable: the other one, or the database's
+    if not stops:
+        return None
+    return max(stops) if direction != exits.SHORT else min(stops)
 
 
 def levels(strategy: Strategy) -> dict[str, str]:

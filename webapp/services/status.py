@@ -103,7 +103,7 @@ def _from_runtime(strategy_id: int, live: dict[str, str], tick: str | None) -> d
         "exit_price": _money(_decimal(live.get("exit_price"))),
         "direction": direction,
         # The stop in force: the listener's trailed one once it has moved, else the one resolved at entry.
-        "stop_price": _money(_decimal(live.get("trail_stop") or live.get("stop_price"))),
+        "stop_price": _money(runtime.stop_in_force(live, direction)),
         "target_price": _money(_decimal(live.get("target_price"))),
         "pnl": _money(rupees),
         "pnl_percent": _money(percent),
