@@ -217,12 +217,13 @@ def test_strategy_page_with_its_run_history_in_a_browser(page, live_server, app,
     page.click("button[type=submit]")
     expect(page).to_have_url(f"{live_server}/strategies")
     page.goto(f"{live_server}/strategies/{sid}")
+    # Locators, not handles: the live panel may swap the history section in again at any moment.
     chart = page.locator("#equity-chart")
-    chart.locator("canvas").first.wait_for()
-    assert chart.get_attribute("data-drawn") == "2"
-    page.locator("#run-history").scroll_into_view_if_needed()
+    expect(chart).to_have_attribute("data-drawn", "2")
+    expect(chart.locator("canvas").first).to_be_visible()
     page.screenshot(path=str(artifacts / "history-1280x800.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_timeout(200)
+    expect(chart).to_have_attribute("data-drawn", "2")
+    expect(page.locator("#run-history")).to_be_visible()
     page.screenshot(path=str(artifacts / "history-390x844.png"), full_page=True)
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
