@@ -91,3 +91,10 @@ def log_entries(processes, name: str) -> list[dict]:  # type: ignore[no-untyped-
         except ValueError:
             continue
     return entries
+
+
+def csv_feed(tmp_path, name: str, rows: list[tuple[float, str, float]]) -> str:  # type: ignore[no-untyped-def]
+    """A FEED setting that replays these (offset seconds, symbol, price) ticks from the listener's start."""
+    path = tmp_path / f"{name}.csv"
+    path.write_text("offset_seconds,symbol,price\n" + "".join(f"{o},{s},{p}\n" for o, s, p in rows))
+    return f"csv:{path}"

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import wait_for
-from tests.engine_helpers import seconds_ahead
+from tests.engine_helpers import csv_feed, seconds_ahead
 from tests.helpers import STRATEGY
 from tests.test_browser_live import sign_up
 from tests.test_browser_onboarding import fill_strategy, watch_for_errors
@@ -21,12 +21,6 @@ ENTRY = 1520.35  # INFY's catalogue price: the paper fill before any tick
 @pytest.fixture
 def app_overrides() -> dict:
     return {"TRADING_CALENDAR": "always"}
-
-
-def feed(tmp_path, prices: list[tuple[float, float]]) -> str:  # type: ignore[no-untyped-def]
-    path = tmp_path / "ticks.csv"
-    path.write_text("offset_seconds,symbol,price\n" + "".join(f"{o},INFY,{p}\n" for o, p in prices))
-    return f"csv:{path}"
 
 
 def test_a_trailing_stop_on_the_strategy_page(page: Page, live_server, engine, artifacts, tmp_path):
@@ -48,9 +42,8 @@ def test_a_trailing_stop_on_the_strategy_page(page: Page, live_server, engine, a
     page.click("#start-button")
     expect(page.locator("#status")).to_have_text("waiting entry")
     # Flat until well after the fill, then up 4 a second three times (each move of the stop: +2), then still.
-    ticks = [(t, ENTRY) for t in range(0, 9)] + [(9, ENTRY + 4), (10, ENTRY + 8), (11, ENTRY + 12)] + \
-        [(t, ENTRY + 11) for t in range(12, 60)]
-    engine.env = {**engine.env, "FEED": feed(tmp_path, ticks)}
+    prices = [ENTRY] * 9 + [ENTRY + 4, ENTRY + 8, ENTRY + 12] + [ENTRY + 11] * 48
+    engine.env = {**engine.env, "FEED": csv_feed(tmp_path, "ticks", [(t, "INFY", p) for t, p in enumerate(prices)])}
     engine.start("listener", "jobs.listener")
     expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
     facts = page.locator("#strategy-panel dl.facts").first

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import wait_for
 from tests.engine_helpers import (
-    broker_orders, log_entries, orders, run_event, seconds_ahead, start, status, trader, wait_status,
+    broker_orders, csv_feed, log_entries, orders, run_event, seconds_ahead, start, status, trader, wait_status,
 )
 from tests.helpers import api_strategy, db_row
 from webapp import keys
@@ -28,12 +28,6 @@ PAISE = Decimal("0.01")
 @pytest.fixture
 def app_overrides() -> dict:
     return {"TRADING_CALENDAR": "always"}
-
-
-def script(tmp_path, rows: list[tuple[float, float]]) -> str:  # type: ignore[no-untyped-def]
-    path = tmp_path / "ticks.csv"
-    path.write_text("offset_seconds,symbol,price\n" + "".join(f"{o},INFY,{p}\n" for o, p in rows))
-    return f"csv:{path}"
 
 
 def strategy(app, client, headers: dict, name: str, **terms: object) -> int:  # type: ignore[no-untyped-def]
@@ -56,7 +50,7 @@ def fill(client, headers: dict, sid: int) -> Decimal:  # type: ignore[no-untyped
 
 def listen(processes, tmp_path, rows: list[tuple[float, float]]) -> None:  # type: ignore[no-untyped-def]
     # Moved stops written at every 100 ms flush: the chart's series then has each move of ticks 0.3 s apart.
-    processes.env = {**processes.env, "FEED": script(tmp_path, rows), "TRAIL_FLUSH_SECONDS": "0.1"}
+    processes.env = {**processes.env, "FEED": csv_feed(tmp_path, "ticks", [(o, "INFY", p) for o, p in rows]), "TRAIL_FLUSH_SECONDS": "0.1"}
     processes.start("listener", "jobs.listener")
 
 
