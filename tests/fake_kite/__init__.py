@@ -20,8 +20,9 @@ Postbacks: FakeKite(postback_url=...) POSTs Kite's postback JSON on COMPLETE, CA
 Control methods (in-process only): fail_next, time_out_next_request, time_out_next_order_after_accept,
 reject_next_order, partial_fill_next, expire_token, drop_ticker_connections, drop_rest_connections,
 set_latency, set_postback_url, drop_postbacks, set_price, tick, fill_order / cancel_order / reject_order
-(with auto_fill=False), orders / order / history, placements, modifications, postbacks, order_post_times, throttled_times,
-max_rate, requests_per_second, requests, wait_for_subscription, wait_for_orders, wait_for_postbacks, reset.
+(with auto_fill=False), orders / order / history, placements, modifications, cancellations, postbacks,
+order_post_times, throttled_times, max_rate, requests_per_second, requests, wait_for_subscription,
+wait_for_orders, wait_for_postbacks, reset.
 
 As a process: `python -m tests.fake_kite --port 9100 --ws-port 9101` (prints the URLs and env lines; see
 tests.fake_kite.__main__ for --latency, --fill-delay, --postback-url).

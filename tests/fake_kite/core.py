@@ -274,6 +274,10 @@ class FakeKite:
         # "order_id", "params" (the form as sent: params["order_type"] == "MARKET", params["market_protection"]
         # == "-1"), "outcome" ("modified", the status that refused it, or None: refused as invalid)}.
         self.modifications: list[dict[str, Any]] = []
+        # Every cancellation (DELETE /orders/{variety}/{order_id}) that got past auth and the rate limit: {"api_key",
+        # "variety", "order_id", "params" (the query as sent), "outcome" ("cancelled", the status that refused it,
+        # or None: refused as invalid)}.
+        self.cancellations: list[dict[str, Any]] = []
         # Every postback: (payload, HTTP status of the app's answer, or an error string, or "dropped").
         self.postbacks: list[tuple[dict[str, Any], int | str]] = []
 
@@ -1116,8 +1120,19 @@ class FakeKite:
             return ok({"order_id": order_id})
 
     def _cancel_order_route(self, request: Request, account: Account, variety: str, order_id: str) -> Response:
+        """Kite's cancel_order: {"status": "success", "data": {"order_id": ...}}; an order no longer working is
+        refused with an InputException ("Order cannot be cancelled as it is complete."), HTTP 400."""
+        cancellation: dict[str, Any] = {"api_key": account.api_key, "variety": variety, "order_id": order_id,
+                                        "params": request.params(), "outcome": None}
         with self._lock:
-            self._cancel(self._owned(account, order_id))
+            self.cancellations.append(cancellation)
+            if variety not in VARIETIES:
+                raise _KiteError("InputException", "Invalid `variety`.")
+            order = self._owned(account, order_id)
+            if order.status not in WORKING:
+                cancellation["outcome"] = order.status
+            self._cancel(order)
+            cancellation["outcome"] = "cancelled"
             return ok({"order_id": order_id})
 
     def _positions(self, request: Request, account: Account) -> Response:

@@ -41,6 +41,7 @@ class OrderState:
     filled_quantity: int = 0
     average_price: Decimal | None = None
     message: str | None = None
+    order_type: str | None = None  # MARKET | LIMIT (Kite's order_type), None when the answer did not say
 
     @property
     def final(self) -> bool:
@@ -49,13 +50,15 @@ class OrderState:
     def to_dict(self) -> dict:
         return {"order_id": self.order_id, "status": self.status, "tag": self.tag,
                 "filled_quantity": self.filled_quantity, "message": self.message,
-                "average_price": str(self.average_price) if self.average_price is not None else None}
+                "average_price": str(self.average_price) if self.average_price is not None else None,
+                "order_type": self.order_type}
 
     @classmethod
     def from_dict(cls, data: dict) -> OrderState:
         average = data.get("average_price")
         return cls(str(data["order_id"]), str(data["status"]), data.get("tag"), int(data.get("filled_quantity") or 0),
-                   Decimal(str(average)) if average not in (None, "") else None, data.get("message"))
+                   Decimal(str(average)) if average not in (None, "") else None, data.get("message"),
+                   data.get("order_type") or None)
 
 
 class BrokerError(Exception):
@@ -98,6 +101,13 @@ class OrderNotModifiable(BrokerError):
     code = "ORDER_NOT_MODIFIABLE"
 
 
+class OrderNotCancellable(BrokerError):
+    """The broker refused a cancellation (Kite: an InputException such as "Order cannot be cancelled as it is
+    complete"): most often the order is already final. Read its state."""
+
+    code = "ORDER_NOT_CANCELLABLE"
+
+
 class Broker(Protocol):
     name: str
 
@@ -112,6 +122,12 @@ class Broker(Protocol):
         """Turns a working order (a LIMIT left unfilled) into a MARKET order with this market protection: what
         filled stays filled, the rest fills at market. A follow-up call: a failure is BrokerUnavailable (ask
         again, it is idempotent), a refusal OrderNotModifiable (read the order's state: it is likely final)."""
+
+    def cancel_order(self, order_id: str) -> None:
+        """Cancels a working order (Kite: cancel_order(variety="regular", order_id), DELETE
+        /orders/regular/{order_id}): what filled stays filled, the rest is cancelled. Accepted is not final:
+        read the order's state. A follow-up call: a failure is BrokerUnavailable (ask again), a refusal
+        OrderNotCancellable (read the order's state: it is likely final)."""
 
     def order_status(self, order_id: str) -> OrderState:
         """The order's latest state (a follow-up call: any failure here is BrokerUnavailable, never a "no")."""

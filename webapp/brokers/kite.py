@@ -20,6 +20,7 @@ from webapp.brokers.base import (
     BrokerTimeout,
     BrokerUnavailable,
     Credentials,
+    OrderNotCancellable,
     OrderNotModifiable,
     OrderRejected,
     OrderRequest,
@@ -111,6 +112,18 @@ class KiteBroker:
                 raise OrderNotModifiable(f"Kite: {exc}") from exc
         self._call("other", modify)
 
+    def cancel_order(self, order_id: str) -> None:
+        """DELETE /orders/regular/{order_id} (kiteconnect's cancel_order; Kite answers {"order_id": ...} and
+        cancels asynchronously: read the state). A follow-up call: a failure is BrokerUnavailable; an
+        InputException (Kite's answer for an order already COMPLETE, CANCELLED or REJECTED) is
+        OrderNotCancellable."""
+        def cancel() -> object:
+            try:
+                return self.client.cancel_order(variety=KiteConnect.VARIETY_REGULAR, order_id=order_id)
+            except kite_errors.InputException as exc:
+                raise OrderNotCancellable(f"Kite: {exc}") from exc
+        self._call("other", cancel)
+
     def order_status(self, order_id: str) -> OrderState:
         history = self._call("other", lambda: self.client.order_history(order_id))
         if not history:
@@ -169,4 +182,5 @@ def order_state(order: dict) -> OrderState:
         filled_quantity=int(order.get("filled_quantity") or 0),
         average_price=Decimal(str(average)).quantize(PAISE) if average else None,
         message=order.get("status_message") or None,
+        order_type=str(order["order_type"]).upper() if order.get("order_type") else None,
     )

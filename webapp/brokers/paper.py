@@ -33,6 +33,7 @@ from webapp.brokers.base import (
     BrokerTimeout,
     BrokerUnavailable,
     Credentials,
+    OrderNotCancellable,
     OrderNotModifiable,
     OrderRejected,
     OrderRequest,
@@ -54,10 +55,25 @@ PAISE = Decimal("0.01")
 # - timeout_after_accept: booked, then no answer; slow_after_accept: booked, answer SLOW_ANSWER_SECONDS late
 #   (a window in which a drill kills the worker between the broker's accept and the engine's records);
 # - reject: RMS rejection; auth: session expired; partial:N: N filled, the rest cancelled by the exchange.
-# And on keys.paper_followup_faults(), one per follow-up call (status, look-up by tag, modification): error500
-# (the call answers HTTP 500). A LIMIT order with partial:N fills N when its limit is reached and leaves the
-# rest OPEN (thin liquidity at the limit) until it is modified to MARKET.
+# And on keys.paper_followup_faults(), one per follow-up call (status, look-up by tag, modification,
+# cancellation): error500 (the call answers HTTP 500) or auth (the session expired: HTTP 403). A fault may name
+# the one kind of call it is for, "status:", "modify:" or "cancel:" (e.g. modify:error500): it then waits at the
+# head of the list for that kind of call, and the others pass it by. A LIMIT order with partial:N fills N when
+# its limit is reached and leaves the rest OPEN (thin liquidity at the limit) until it is modified to MARKET or
+# cancelled.
 SLOW_ANSWER_SECONDS = 5.0
+# The follow-up fault at the head of the list, taken if it is for this kind of call (a fault naming no call is
+# for every call). Prepended to each script that plays follow-up faults.
+_FOLLOWUP_FAULT = """
+local function followup_fault(key, call)
+  local head = redis.call('LINDEX', key, 0)
+  if not head then return false end
+  local target, fault = string.match(head, '^(%a+):(.+)$')
+  if target and target ~= call then return false end
+  redis.call('LPOP', key)
+  return fault or head
+end
+"""
 PARTIAL_MESSAGE = "Order cancelled by the exchange: market protection range breached (partial fill)"
 REJECT_MESSAGE = "RMS:Margin Exceeds, Required:0, Available:0 (injected)"
 
@@ -101,11 +117,11 @@ return {fault, order_id, status}
 # or through its limit, and a LIMIT that filled in part before it was turned to MARKET fills the rest.
 # KEYS: order hash, follow-up faults. ARGV: now in ms, '1' on a follow-up call, the positions key without
 # its account id. Returns {fault or false, [status, tag, filled_quantity, arrival_price, message, side,
-# slippage, limit_qty, limit_ltp, limit_price]} (only what an OrderState needs: replies are parsed in Python,
+# slippage, limit_qty, limit_ltp, limit_price, order_type]} (only what an OrderState needs: replies are parsed in Python,
 # and the whole hash is three times as long).
-_SETTLE = """
+_SETTLE = _FOLLOWUP_FAULT + """
 local fault = false
-if ARGV[2] == '1' then fault = redis.call('LPOP', KEYS[2]) end
+if ARGV[2] == '1' then fault = followup_fault(KEYS[2], 'status') end
 local o = redis.call('HMGET', KEYS[1], 'status', 'fill_at', 'order_type', 'side', 'exchange', 'symbol', 'product',
   'account_id', 'quantity', 'filled_quantity', 'limit_price', 'price_key', 'reference_price', 'limit_qty',
   'arrival_price')
@@ -137,16 +153,16 @@ if o[1] == 'OPEN' and tonumber(ARGV[1]) >= tonumber(o[2]) then
   end
 end
 return {fault, redis.call('HMGET', KEYS[1], 'status', 'tag', 'filled_quantity', 'arrival_price', 'message', 'side',
-  'slippage', 'limit_qty', 'limit_ltp', 'limit_price')}
+  'slippage', 'limit_qty', 'limit_ltp', 'limit_price', 'order_type')}
 """
 
 # Turns a working order into a MARKET order (Kite's modify_order with order_type MARKET): it then fills like
 # one, PAPER_FILL_MS later, at the last price of this moment. A follow-up call: plays a follow-up fault.
 # KEYS: order hash, follow-up faults. ARGV: now in ms, fill delay in ms, market protection. Returns
-# {'ok' | 'final' | 'missing' | 'error500', status}.
-_MODIFY = """
-local fault = redis.call('LPOP', KEYS[2])
-if fault == 'error500' then return {'error500', ''} end
+# {'ok' | 'final' | 'missing' | 'error500' | 'auth', status}.
+_MODIFY = _FOLLOWUP_FAULT + """
+local fault = followup_fault(KEYS[2], 'modify')
+if fault == 'error500' or fault == 'auth' then return {fault, ''} end
 local o = redis.call('HMGET', KEYS[1], 'status', 'price_key', 'reference_price', 'arrival_price')
 if not o[1] then return {'missing', ''} end
 if o[1] ~= 'OPEN' then return {'final', o[1]} end
@@ -154,6 +170,19 @@ local arrival = (o[2] and redis.call('GET', o[2])) or (o[3] and o[3] ~= '' and o
 redis.call('HSET', KEYS[1], 'order_type', 'MARKET', 'market_protection', ARGV[3], 'arrival_price', arrival,
   'fill_at', tonumber(ARGV[1]) + tonumber(ARGV[2]), 'modified', '1')
 return {'ok', 'OPEN'}
+"""
+
+# Cancels a working order (Kite's cancel_order): what filled stays filled (the position moved with each fill),
+# the rest is cancelled. A follow-up call: plays a follow-up fault. KEYS: order hash, follow-up faults.
+# Returns {'ok' | 'final' | 'missing' | 'error500' | 'auth', status}.
+_CANCEL = _FOLLOWUP_FAULT + """
+local fault = followup_fault(KEYS[2], 'cancel')
+if fault == 'error500' or fault == 'auth' then return {fault, ''} end
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', ''} end
+if status ~= 'OPEN' then return {'final', status} end
+redis.call('HSET', KEYS[1], 'status', 'CANCELLED', 'message', '', 'cancelled', '1')
+return {'ok', 'CANCELLED'}
 """
 
 
@@ -298,13 +327,23 @@ class PaperBroker:
             args=[int(now * 1000), int(self.timing.fill_ms),
                   int(market_protection) if float(market_protection).is_integer() else market_protection],
             client=self.conn))
-        if outcome == "error500":
-            raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
-        if outcome == "missing":
-            raise BrokerUnavailable(f"paper exchange has no order {order_id}")
+        _followup_outcome(outcome, order_id)
         if outcome == "final":
             raise OrderNotModifiable(f"Order cannot be modified as it is {status.lower()}.")
         _fills(self.conn).at(now + self.timing.fill_ms / 1000, order_id)
+        self.timing.leg()
+
+    def cancel_order(self, order_id: str) -> None:
+        """Kite's cancel_order: an OPEN order is CANCELLED, keeping what filled; a final one is refused as Kite
+        refuses it. A fill that is due is made first (the exchange matched it before the cancel arrived)."""
+        self.timing.leg()
+        _settle_call(self.conn, order_id, False, self.conn)
+        outcome, status = (x.decode() for x in redis_client.script(self.conn, _CANCEL)(
+            keys=[keys.paper_order(order_id), keys.paper_followup_faults()], args=[], client=self.conn))
+        _followup_outcome(outcome, order_id)
+        if outcome == "final":
+            raise OrderNotCancellable(f"Order cannot be cancelled as it is {status.lower()}.")
+        updates.publish_many(self.conn, [settle(self.conn, order_id)])  # pushed, as Kite's postback is
         self.timing.leg()
 
     def orders_by_tag(self, tag: str) -> list[OrderState]:
@@ -313,6 +352,16 @@ class PaperBroker:
         found = [settle(self.conn, order_id.decode(), followup=True) for order_id in ids]
         self.timing.leg()
         return found
+
+
+def _followup_outcome(outcome: str, order_id: str) -> None:
+    """A follow-up script's injected fault or missing order, raised as Kite's client would meet it."""
+    if outcome == "error500":
+        raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
+    if outcome == "auth":
+        raise BrokerAuthFailed("paper exchange: session expired (injected)")
+    if outcome == "missing":
+        raise BrokerUnavailable(f"paper exchange has no order {order_id}")
 
 
 def settle(conn: redis.Redis, order_id: str, followup: bool = False) -> OrderState:
@@ -326,9 +375,9 @@ def _settle_call(conn: redis.Redis, order_id: str, followup: bool, client: redis
 
 
 def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> OrderState:
-    if fault == b"error500":
-        raise BrokerUnavailable("paper exchange: HTTP 500 on a follow-up call (injected)")
-    status, tag, filled, arrival, message, side, slippage, limit_qty, limit_ltp, limit_price = (
+    if fault in (b"error500", b"auth"):
+        _followup_outcome(fault.decode(), order_id)
+    status, tag, filled, arrival, message, side, slippage, limit_qty, limit_ltp, limit_price, order_type = (
         None if f is None else f.decode() for f in fields)
     if status is None:
         raise BrokerUnavailable(f"paper exchange has no order {order_id}")
@@ -345,7 +394,7 @@ def _state(order_id: str, fault: bytes | None, fields: list[bytes | None]) -> Or
             value += (filled - at_limit) * Decimal(arrival) * (1 + move)
         average = (value / filled).quantize(PAISE)
     return OrderState(order_id=order_id, status=status, tag=tag, filled_quantity=filled, average_price=average,
-                      message=message or None)
+                      message=message or None, order_type=order_type or None)
 
 
 class _Fills:
