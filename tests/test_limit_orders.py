@@ -274,3 +274,173 @@ def test_kite_broker_limit_and_modify_on_kites_wire():
         assert [m["params"].get("market_protection") for m in fake.modifications] == [None, "-1"]
         with pytest.raises(OrderNotModifiable, match="complete"):
             broker.modify_to_market(order_id, -1)
+
+
+# --- a LIMIT that cannot be turned to MARKET is cancelled; a LIMIT found by tag is followed as a LIMIT ------
+class TestLimitLeftWorking:
+    @pytest.fixture
+    def app_overrides(self) -> dict:
+        return {"PAPER_LATENCY_MS": 0, "PAPER_FILL_MS": 100, "ORDER_CONFIRM_TIMEOUT": 0.6}
+
+    @staticmethod
+    def strategy(sid: int = 9) -> Strategy:
+        return Strategy(id=sid, user_id=1, exchange="NSE", symbol="INFY", product="MIS", quantity=10,
+                        order_type="LIMIT", limit_buffer_pct=None, limit_wait_seconds=0.3, algo_id=None)
+
+    def test_paper_cancel_keeps_what_filled_and_refuses_a_final_order(self, app, redis_conn):
+        from webapp.brokers import BrokerUnavailable, OrderRequest, get_broker
+        from webapp.brokers.base import OrderNotCancellable
+
+        with app.app_context():
+            paper = get_broker("paper", 1)
+            redis_conn.set(keys.last_price("NSE", "INFY"), "1500.00")
+            redis_conn.rpush(keys.paper_faults(), "partial:4")  # 4 fill at the limit, 6 rest OPEN
+            order_id = paper.place_order(OrderRequest("NSE", "INFY", "BUY", 10, "MIS", "C1", order_type="LIMIT",
+                                                      price=Decimal("1501.50")))
+            part = wait_for(lambda: (s := paper.order_status(order_id)).filled_quantity and s, timeout=5)
+            assert (part.status, part.filled_quantity, part.order_type) == ("OPEN", 4, "LIMIT")
+            # A fault aimed at one kind of call waits for it: the status read passes it by, the cancel meets it.
+            redis_conn.rpush(keys.paper_followup_faults(), "cancel:error500")
+            assert paper.order_status(order_id).status == "OPEN"
+            with pytest.raises(BrokerUnavailable, match="500"):
+                paper.cancel_order(order_id)
+            paper.cancel_order(order_id)
+            done = paper.order_status(order_id)
+            assert (done.status, done.filled_quantity, done.average_price) == ("CANCELLED", 4, Decimal("1500.00"))
+            assert paper.net_quantity("NSE", "INFY", "MIS") == 4  # what filled is held
+            with pytest.raises(OrderNotCancellable, match="cancelled"):
+                paper.cancel_order(order_id)
+
+    def test_a_found_limit_is_turned_to_market_whatever_the_rebuilt_request(self, app, client, redis_conn):
+        """A worker crashed between the broker's accept and its record; the event is sent again and its
+        request rebuilt from today's strategy is MARKET (no price known now). The careful path finds the LIMIT
+        by tag and follows it as the LIMIT it is: its wait, then the modification to MARKET, one order."""
+        from webapp.brokers import OrderRequest, get_broker
+        from webapp.engine.events import Event
+        from webapp.engine.locks import Held, Locks
+        from webapp.engine.orders import execute
+        from webapp.extensions import db
+        from webapp.models import OrderLog, utcnow
+
+        headers = api_register(client, "found@example.com")
+        sid = api_strategy(client, headers, order_type="LIMIT", limit_wait_seconds=1)
+        price = keys.last_price("NSE", "INFY")
+        with app.app_context():
+            strategy = db.session.get(Strategy, sid)
+            event = Event.for_run(BUY, sid, 1)
+            paper = get_broker("paper", strategy.user_id)
+            redis_conn.set(price, "1600.00")  # the market moved away: the LIMIT at 1501.50 rests
+            order_id = paper.place_order(OrderRequest("NSE", "INFY", "BUY", 10, "MIS", event.tag, order_type="LIMIT",
+                                                      price=Decimal("1501.50")))
+            row = OrderLog(strategy_id=sid, user_id=strategy.user_id, event=BUY, event_id=event.event_id, side="BUY",
+                           quantity=10, tag=event.tag, status="TIMEOUT", attempt=1, holder="crashed",
+                           claimed_at=utcnow(), error="no answer")
+            db.session.add(row)
+            db.session.commit()
+            rebuilt = OrderRequest("NSE", "INFY", "BUY", 10, "MIS", event.tag)  # MARKET
+            state, found, note = execute(paper, strategy, event, rebuilt, Held(sid, "second"),
+                                         Locks(redis_conn, 5), None)
+            assert (state.status, state.filled_quantity, state.average_price) == ("COMPLETE", 10, Decimal("1600.00"))
+            assert (found.id, note) == (row.id, "found by tag after an unanswered attempt")
+            db.session.remove()
+        [order] = paper_orders(redis_conn, event.event_id)
+        assert (order["order_type"], order["limit_price"], order["modified"]) == ("MARKET", "1501.50", "1")
+        assert state.order_id == order_id
+
+    def test_kite_limit_not_turned_to_market_is_cancelled_with_what_filled(self, app, redis_conn):
+        """The modification answers 500 until its deadline and the LIMIT (4 of 10 filled) is still OPEN: it is
+        cancelled (DELETE /orders/regular/{id}, a 500 tried again) and followed to CANCELLED with its 4. A
+        cancel that a fill raced is refused as Kite refuses it, and the order is followed to that fill."""
+        import re
+
+        from webapp.brokers import Credentials, OrderRequest
+        from webapp.brokers.kite import KiteBroker
+        from webapp.engine.events import Event
+        from webapp.engine.orders import follow
+
+        with FakeKite(fill_delay=0.0) as fake, app.app_context():
+            fake.set_price("NSE", "INFY", 1600.0)
+            kite = KiteBroker(fake.rest_url, Credentials(fake.api_key, fake.api_secret, fake.access_token), timeout=2)
+            strategy, event = self.strategy(), Event.for_run(BUY, 9, 1)
+            request = OrderRequest("NSE", "INFY", "BUY", 10, "MIS", event.tag, order_type="LIMIT",
+                                   price=Decimal("1501.50"))
+            order_id = kite.place_order(request)
+            fake.fill_order(order_id, quantity=4, price=1501.0)
+            fake.fail_next(1000, status=500, method="PUT", path=re.compile(f"/orders/regular/{order_id}"))
+            fake.fail_next(1, status=500, method="DELETE", path="/orders/")
+            state = follow(kite, order_id, event, strategy, request)
+            assert (state.status, state.filled_quantity, state.average_price) == ("CANCELLED", 4, Decimal("1501.00"))
+            assert "cancelled by the engine" in state.message
+            assert [(r.path, r.status) for r in fake.requests if r.method == "DELETE"] == [
+                (f"/orders/regular/{order_id}", 500), (f"/orders/regular/{order_id}", 200)]
+            assert [(c["variety"], c["order_id"], c["outcome"]) for c in fake.cancellations] == [
+                ("regular", order_id, "cancelled")]
+            assert fake.modifications == []  # every PUT was answered 500 before it reached the book
+
+            raced = kite.place_order(replace_tag(request, "C2"))
+
+            class Racing:
+                def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+                    return getattr(kite, name)
+
+                def cancel_order(self, order_id: str) -> None:
+                    fake.fill_order(order_id, price=1500.0)  # the exchange fills it first
+                    kite.cancel_order(order_id)
+
+            fake.fail_next(1000, status=500, method="PUT", path=re.compile(f"/orders/regular/{raced}"))
+            state = follow(Racing(), raced, event, strategy, request)
+            assert (state.status, state.filled_quantity, state.average_price) == ("COMPLETE", 10, Decimal("1500.00"))
+            assert [(c["order_id"], c["outcome"]) for c in fake.cancellations[1:]] == [(raced, "COMPLETE")]
+            refusal = [r for r in fake.requests if r.method == "DELETE"][-1]
+            assert (refusal.status, refusal.error_type) == (400, "InputException")
+
+    def test_kite_session_expired_on_a_working_limit_is_unknown_and_says_it_may_be_open(self, app, redis_conn):
+        from webapp.brokers import Credentials, OrderRequest
+        from webapp.brokers.kite import KiteBroker
+        from webapp.engine.events import Event
+        from webapp.engine.orders import OrderUnknown, follow
+
+        with FakeKite(fill_delay=0.0) as fake, app.app_context():
+            fake.set_price("NSE", "INFY", 1600.0)
+            kite = KiteBroker(fake.rest_url, Credentials(fake.api_key, fake.api_secret, fake.access_token), timeout=2)
+            event = Event.for_run(BUY, 9, 1)
+            request = OrderRequest("NSE", "INFY", "BUY", 10, "MIS", event.tag, order_type="LIMIT",
+                                   price=Decimal("1501.50"))
+            order_id = kite.place_order(request)
+            fake.expire_token()
+            with pytest.raises(OrderUnknown, match="may still be open"):
+                follow(kite, order_id, event, self.strategy(), request)
+            assert [(r.method, r.status) for r in fake.requests if r.method == "DELETE"] == [("DELETE", 403)]
+            assert fake.order(order_id)["status"] == "OPEN"
+
+
+def replace_tag(request, tag: str):  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return replace(request, tag=tag)
+
+
+def test_an_unmodifiable_paper_limit_is_cancelled_and_the_run_holds_what_filled(app, client, processes, redis_conn):
+    """The paper exchange fills 4 of 10 at the limit and answers every modification 500: after its wait, the
+    modification's deadline and one more ORDER_CONFIRM_TIMEOUT, the LIMIT is cancelled, and the run holds the 4
+    the broker filled, watched, instead of failing as "position unknown" with 6 still open at the broker."""
+    processes.env = {**processes.env, "ORDER_CONFIRM_TIMEOUT": "1"}
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "limit3@example.com")
+    redis_conn.set(keys.last_price("NSE", "INFY"), "1500.00")
+    redis_conn.rpush(keys.paper_faults(), "partial:4")
+    redis_conn.rpush(keys.paper_followup_faults(), *["modify:error500"] * 200)
+    sid = limit_strategy(app, client, headers, buy_in=2, sell_in=120, limit_wait_seconds=1)
+    event = run_event(BUY, sid)
+    held = wait_status(client, headers, sid, "in_position", timeout=15)
+    assert held["position"] == 4 and Decimal(str(held["entry_price"])) == Decimal("1500.00")
+    assert not held["needs_attention"]
+    [order] = paper_orders(redis_conn, event.event_id)
+    assert (order["order_type"], order["status"], order["filled_quantity"], order["cancelled"]) == (
+        "LIMIT", "CANCELLED", "4", "1")
+    [row] = orders(client, headers, sid)
+    assert (row["status"], row["filled_quantity"]) == ("CANCELLED", 4) and "cancelled by the engine" in row["error"]
+    [accepted] = log_lines(processes, "worker", "cancel accepted: reading the order's state")
+    assert (accepted["strategy_id"], accepted["event_id"]) == (sid, event.event_id) and accepted["broker_order_id"]
+    redis_conn.delete(keys.paper_followup_faults())

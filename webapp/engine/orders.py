@@ -13,7 +13,11 @@
 - A LIMIT order (an entry, or the exit at sell time, of a strategy whose order type is LIMIT) left unfilled
   for its wait is modified to MARKET: a follow-up call on the same order, retried on a failure and never a
   second placement; a refusal (Kite's answer once the order is COMPLETE) means the order is final already, and
-  it is followed as any other. What filled is the position, whichever way it filled."""
+  it is followed as any other. One that cannot be turned to MARKET (the modification keeps failing, the session
+  expires) and is still working at the end is cancelled, so that it cannot fill later unwatched: its final state
+  then (what filled is the position) or, when it can be neither cancelled nor confirmed, OrderUnknown. An order
+  found by tag is followed by its own order type (a found LIMIT gets its wait and its modification), not by the
+  request rebuilt from today's strategy. What filled is the position, whichever way it filled."""
 from __future__ import annotations
 
 import logging
@@ -40,7 +44,7 @@ from webapp.brokers import (
     OrderState,
     updates,
 )
-from webapp.brokers.base import FINAL_STATUSES, LIMIT, MARKET, OrderNotModifiable
+from webapp.brokers.base import FINAL_STATUSES, LIMIT, MARKET, OrderNotCancellable, OrderNotModifiable
 from webapp.brokers.ratelimit import time_waited
 from webapp.engine import lateness
 from webapp.engine.events import BUY, SELL, Event
@@ -61,6 +65,9 @@ TICK = Decimal("0.05")
 # The events whose order follows the strategy's order type: the entry and the exit at sell time. A STOPLOSS,
 # TARGET, STOP or KILL is always MARKET: an exit that must happen now may not wait on a limit.
 ORDER_TYPE_FOLLOWS_STRATEGY = frozenset({BUY, SELL})
+# How many times a LIMIT order left working is asked to be cancelled (a 500, a timeout or a 429 is tried again;
+# a cancellation is idempotent), all within ORDER_CONFIRM_TIMEOUT.
+CANCEL_ATTEMPTS = 3
 
 
 class OrderFailed(Exception):
@@ -230,27 +237,59 @@ def _release_connection() -> None:
 
 
 def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy,
-           request: OrderRequest | None = None) -> OrderState:
+           request: OrderRequest | None = None, order_type: str | None = None) -> OrderState:
     """Accepted is not filled: wait for the order's final state, pushed (postback, ticker, paper fill)
     or, when no push comes, polled. A LIMIT order still working after its wait (unfilled, or filled in part)
-    is turned into a MARKET order first (_to_market), and then followed as any other."""
+    is turned into a MARKET order first (_to_market), and then followed as any other. `order_type`: the order's
+    own type as the broker reported it (an order found by tag); it wins over the request's, which may have been
+    rebuilt since the order was placed."""
     config = current_app.config
+    kind = order_type or (request.order_type if request is not None else MARKET)
     watch = updates.watch(redis_client.current())
     waiter = watch.expect(order_id)
     try:
-        if request is not None and request.order_type == LIMIT:
-            wait = limit_wait_seconds(strategy)
-            state = _await(broker, watch, waiter, order_id, event, strategy, wait, limiter_excluded=False)
-            if state is not None:
-                return state
-            _to_market(broker, order_id, event, strategy, request, wait)
-        state = _await(broker, watch, waiter, order_id, event, strategy, config["ORDER_CONFIRM_TIMEOUT"])
-        if state is None:
-            raise OrderUnknown(f"order {order_id} did not reach a final state within "
-                               f"{config['ORDER_CONFIRM_TIMEOUT']:.0f} s")
-        return state
+        if kind == LIMIT:
+            protection = request.market_protection if request is not None else config["MARKET_PROTECTION"]
+            limit = request.price if request is not None and request.order_type == LIMIT else None
+            return _follow_limit(broker, watch, waiter, order_id, event, strategy, protection, limit)
+        return _confirm(broker, watch, waiter, order_id, event, strategy)
     finally:
         watch.done(order_id)
+
+
+def _confirm(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_id: str, event: Event,
+             strategy: Strategy) -> OrderState:
+    """The order's final state within ORDER_CONFIRM_TIMEOUT, else OrderUnknown."""
+    timeout = current_app.config["ORDER_CONFIRM_TIMEOUT"]
+    state = _await(broker, watch, waiter, order_id, event, strategy, timeout)
+    if state is None:
+        raise OrderUnknown(f"order {order_id} did not reach a final state within {timeout:.0f} s")
+    return state
+
+
+def _follow_limit(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_id: str, event: Event,
+                  strategy: Strategy, market_protection: float, limit: Decimal | None) -> OrderState:
+    """A LIMIT order: its wait, then its modification to MARKET, then followed as any order. One the
+    modification did not reach (it kept failing until its deadline, or the session expired) that is still
+    working once followed is cancelled (_cancel): a LIMIT must not stay open at the broker, where it could fill
+    later with no stop watching it."""
+    config = current_app.config
+    wait = limit_wait_seconds(strategy)
+    try:
+        state = _await(broker, watch, waiter, order_id, event, strategy, wait, limiter_excluded=False)
+        if state is not None:
+            return state
+        why = _to_market(broker, order_id, event, strategy, market_protection, limit, wait)
+        if why is not None:  # still a LIMIT: followed as it is (its limit may yet be reached)
+            state = _await(broker, watch, waiter, order_id, event, strategy, config["ORDER_CONFIRM_TIMEOUT"])
+            if state is not None:
+                return state
+            why += f"; not final {config['ORDER_CONFIRM_TIMEOUT']:.0f} s later"
+    except BrokerAuthFailed as exc:
+        why = f"not turned to MARKET: the broker session expired ({exc})"
+    if why is not None:
+        return _cancel(broker, watch, waiter, order_id, event, strategy, why)
+    return _confirm(broker, watch, waiter, order_id, event, strategy)  # modified (or final): as any order
 
 
 def _await(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_id: str, event: Event,
@@ -279,50 +318,106 @@ def _await(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_i
         pause = min(pause * 2, 1.0)
 
 
-def _to_market(broker: Broker, order_id: str, event: Event, strategy: Strategy, request: OrderRequest,
-               waited: float) -> None:
+def _to_market(broker: Broker, order_id: str, event: Event, strategy: Strategy, market_protection: float,
+               limit: Decimal | None, waited: float) -> str | None:
     """Modifies a LIMIT order left working after its wait to MARKET, with the market protection Kite asks of
     every MARKET order: what filled stays, the rest fills at market. A follow-up call, never a placement:
     a failure (HTTP 500, a timeout) is tried again, and it is idempotent; between tries, and after a refusal
     (Kite refuses to modify an order that is COMPLETE, CANCELLED or REJECTED: a fill raced the
-    modification), the order's state is read and a final one ends it. Past ORDER_CONFIRM_TIMEOUT the caller
-    follows whatever the order is (a LIMIT that never fills ends as OrderUnknown: a human looks)."""
+    modification), the order's state is read and a final one ends it. Returns None once the order is modified
+    or final; past ORDER_CONFIRM_TIMEOUT, why it is not (the caller follows the order as it is, then cancels
+    it). A session that expires raises BrokerAuthFailed."""
     config = current_app.config
     deadline = time.monotonic() + config["ORDER_CONFIRM_TIMEOUT"]
     pause = 0.1
+    failure = "no answer"
     log.info("limit order unfilled after its wait: turning it to MARKET", extra=_ctx(
-        event, strategy, broker_order_id=order_id, limit=str(request.price), waited_s=waited))
+        event, strategy, broker_order_id=order_id, limit=str(limit) if limit is not None else None, waited_s=waited))
     while True:
         try:
-            broker.modify_to_market(order_id, request.market_protection)
+            broker.modify_to_market(order_id, market_protection)
             log.info("limit order modified to MARKET", extra=_ctx(event, strategy, broker_order_id=order_id,
-                                                                   market_protection=request.market_protection))
-            return
+                                                                   market_protection=market_protection))
+            return None
         except OrderNotModifiable as exc:
+            failure = f"modification refused: {exc}"
             log.info("modification refused: reading the order's state", extra=_ctx(
                 event, strategy, broker_order_id=order_id, error=str(exc)))
         except BrokerUnavailable as exc:
+            failure = f"modification failed: {exc}"
             log.warning("modification to MARKET failed: trying again", extra=_ctx(
                 event, strategy, broker_order_id=order_id, error=str(exc)))
-        except BrokerAuthFailed as exc:
-            raise OrderUnknown(f"LIMIT order {order_id} could not be turned to MARKET ({exc}); it may still be "
-                               f"open at the broker") from exc
         try:
             state = broker.order_status(order_id)
         except BrokerUnavailable:
             state = None
-        except BrokerAuthFailed as exc:
-            raise OrderUnknown(f"LIMIT order {order_id}: its state cannot be read ({exc})") from exc
         if state is not None and state.final:
             log.info("order already final: following it", extra=_ctx(
                 event, strategy, broker_order_id=order_id, status=state.status, filled=state.filled_quantity))
-            return
+            return None
         if time.monotonic() >= deadline:
             log.error("limit order not turned to MARKET: following it as it is", extra=_ctx(
-                event, strategy, broker_order_id=order_id))
-            return
+                event, strategy, broker_order_id=order_id, error=failure))
+            return (f"not turned to MARKET within {config['ORDER_CONFIRM_TIMEOUT']:.0f} s (last: {failure})")
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
+
+
+def _cancel(broker: Broker, watch: updates.Watch, waiter: updates.Waiter, order_id: str, event: Event,
+            strategy: Strategy, why: str) -> OrderState:
+    """Cancels a LIMIT order that could not be turned to MARKET and is still working (Kite: cancel_order,
+    DELETE /orders/regular/{order_id}), so that it cannot fill later unwatched. A follow-up call: a failure
+    (HTTP 500, a timeout, a 429) is tried again, up to CANCEL_ATTEMPTS times, and after each try, a refusal
+    too (Kite refuses to cancel an order that is final already), the order's state is read. Its final state
+    (CANCELLED with what filled, or COMPLETE: a fill raced the cancel) is returned: the position is what the
+    broker filled. Neither cancelled nor confirmed within ORDER_CONFIRM_TIMEOUT: OrderUnknown, for a human."""
+    deadline = time.monotonic() + current_app.config["ORDER_CONFIRM_TIMEOUT"]
+    pause = 0.1
+    outcome = "not tried"
+    log.warning("limit order not turned to MARKET and still working: cancelling it", extra=_ctx(
+        event, strategy, broker_order_id=order_id, reason=why))
+    for attempt in range(1, CANCEL_ATTEMPTS + 1):
+        answered = expired = False
+        try:
+            broker.cancel_order(order_id)
+            outcome, answered = "cancel accepted", True
+            log.info("cancel accepted: reading the order's state", extra=_ctx(
+                event, strategy, broker_order_id=order_id, attempt=attempt))
+        except OrderNotCancellable as exc:
+            outcome, answered = f"cancel refused: {exc}", True
+            log.info("cancel refused: reading the order's state", extra=_ctx(
+                event, strategy, broker_order_id=order_id, attempt=attempt, error=str(exc)))
+        except BrokerUnavailable as exc:
+            outcome = f"cancel failed: {exc}"
+            log.warning("cancel failed: reading the order's state", extra=_ctx(
+                event, strategy, broker_order_id=order_id, attempt=attempt, error=str(exc)))
+        except BrokerAuthFailed as exc:
+            outcome, expired = f"cancel impossible, the broker session expired: {exc}", True
+            log.error("cancel impossible: the broker session expired", extra=_ctx(
+                event, strategy, broker_order_id=order_id, attempt=attempt, error=str(exc)))
+        left = max(0.0, deadline - time.monotonic())
+        # An answered cancel gets its share of the time left to show its result; a failed one, one read.
+        within = left / (CANCEL_ATTEMPTS - attempt + 1) if answered or attempt == CANCEL_ATTEMPTS else 0.0
+        try:
+            state = _await(broker, watch, waiter, order_id, event, strategy, within)
+        except BrokerAuthFailed as exc:
+            state, expired = None, True
+            outcome += f"; its state cannot be read: {exc}"
+        if state is not None:
+            log.info("limit order final after its cancellation", extra=_ctx(
+                event, strategy, broker_order_id=order_id, status=state.status, filled=state.filled_quantity,
+                price=str(state.average_price)))
+            if state.status == "CANCELLED" and not state.message:
+                state = replace(state, message=f"cancelled by the engine: the LIMIT was {why}")
+            return state
+        if expired or time.monotonic() >= deadline:
+            break
+        time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(pause * 2, 1.0)
+    log.error("limit order neither cancelled nor confirmed: it may still be open at the broker", extra=_ctx(
+        event, strategy, broker_order_id=order_id, reason=why, error=outcome))
+    raise OrderUnknown(f"LIMIT order {order_id} {why}, and could not be cancelled or its cancellation confirmed "
+                       f"({outcome}): it may still be open at the broker")
 
 
 def _look_up(broker: Broker, event: Event, strategy: Strategy, known: set[str]) -> OrderState | None:
@@ -377,7 +472,10 @@ def execute(broker: Broker, strategy: Strategy, event: Event, request: OrderRequ
             for doubt in [r for r in rows if r.status in IN_DOUBT]:
                 found = _settle_doubt(broker, event, strategy, doubt, held, rows)
                 if found is not None:
-                    state = found if found.final else follow(broker, found.order_id, event, strategy, request)
+                    # Followed by its own order type: the request was rebuilt from today's strategy (MARKET
+                    # when no price is known now) and may not be what was placed.
+                    state = found if found.final else follow(broker, found.order_id, event, strategy, request,
+                                                             order_type=found.order_type)
                     return state, doubt, "found by tag after an unanswered attempt"
             attempts = len(rows)
             if attempts >= config["ORDER_ATTEMPTS"] and not is_exit:
