@@ -215,3 +215,24 @@ class TestTwoWorkers:
             assert placed == 1
             # The log names the winner: the exit row's event is the one that acted.
             assert exits[0]["event"] == ("SELL" if final["status"] == "completed" else "STOPLOSS")
+
+
+def test_a_session_that_expires_while_an_entry_is_followed_is_a_position_nobody_can_vouch_for(
+        app, client, processes, redis_conn):
+    """The broker took the BUY, then refused the session before its fill was known: it may have filled. The
+    run fails flagged for a human (not "failed, nothing held") and the account asks for a login."""
+    from webapp import keys
+    from webapp.extensions import db
+    from webapp.models import BrokerAccount
+
+    processes.env = {**processes.env, "PAPER_FILL_MS": "3000"}  # polled before the fill is pushed
+    processes.start("worker", "jobs.worker")
+    processes.start("scheduler", "jobs.scheduler")
+    headers = trader(client, "expired@example.com")
+    redis_conn.rpush(keys.paper_followup_faults(), "status:auth")
+    sid = started_strategy(client, headers, buy_in=1, sell_in=60)
+    failed = wait_status(client, headers, sid, "failed")
+    assert failed["needs_attention"] and "it may have filled" in failed["status_reason"]
+    assert broker_orders(redis_conn, run_event(BUY, sid).event_id) == 1
+    with app.app_context():
+        assert db.session.scalar(db.select(BrokerAccount.status)) == "login_required"

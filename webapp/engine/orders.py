@@ -87,6 +87,11 @@ class LoginRequired(OrderFailed):
     pass
 
 
+class SessionLost(OrderUnknown, LoginRequired):
+    """The broker took the order, then refused the session before its fill was known: the order may fill.
+    Both a login to ask for and a position nobody can vouch for (never "failed, nothing held")."""
+
+
 class LockLost(Exception):
     """This process no longer holds the strategy's lock: another holder acts for it now. Nothing is sent."""
 
@@ -253,6 +258,9 @@ def follow(broker: Broker, order_id: str, event: Event, strategy: Strategy,
             limit = request.price if request is not None and request.order_type == LIMIT else None
             return _follow_limit(broker, watch, waiter, order_id, event, strategy, protection, limit)
         return _confirm(broker, watch, waiter, order_id, event, strategy)
+    except BrokerAuthFailed as exc:
+        raise SessionLost(f"order {order_id} was placed, then the broker session expired before its fill was "
+                          f"known ({exc}); it may have filled") from exc
     finally:
         watch.done(order_id)
 
