@@ -41,7 +41,7 @@ from flask import Flask
 
 from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
-from webapp import clock, create_app, keys, redis_client
+from webapp import clock, create_app, keys, live, redis_client
 from webapp.engine import dispatch, exits, runtime
 from webapp.engine import exit_index as ix
 from webapp.engine.events import FAIL, STOPLOSS, TARGET, Event, event_id
@@ -56,6 +56,7 @@ from webapp.state_machine import RUNNING, Status
 
 log = logging.getLogger("listener")
 PRICE_FLUSH_SECONDS = 0.1
+PRICE_PUSH_SECONDS = 1.0  # browsers get an instrument's changed price at most this often
 CHART_SAMPLE_SECONDS = 2.0  # one chart point per symbol per 2 s: a trading day is ~11,000 points
 CHART_MAX_POINTS = 12_000
 CHART_TRIM_SECONDS = 60.0  # trimming and expiring a series now and then keeps the flush to one write a symbol
@@ -95,6 +96,7 @@ class Member:
     status: str
     run_id: int
     account_id: int | None  # its broker account: whose session may quote it when ticks stop
+    user_id: int | None = None  # its owner: whose browsers get its instrument's live price
     watch: Watch | None = None  # None until the entry has filled (the levels are resolved from the fill)
 
 
@@ -200,6 +202,7 @@ class Listener:
         self.quoted: set[str] = set()  # stale instruments held in position: priced by quotes
         self.session: feed_session.FeedSession | None = None  # the Kite feed's, when FEED=kite
         self.quotes = QuotePoller(app, self.quote_wanted, self.on_quotes, lambda: self.session)
+        self.pushed: dict[str, float] = {}  # the last price pushed to browsers, per instrument
         self.sampled: dict[str, float] = {}
         self.trimmed: dict[str, float] = {}
         self.ticks = 0
@@ -535,17 +538,18 @@ class Listener:
         pipe = self.conn.pipeline(transaction=False)
         for sid in ids:
             pipe.hmget(keys.strategy(sid), "exchange", "symbol", "instrument_token", "run_id", "broker_account_id",
-                       "stop_loss")
+                       "stop_loss", "user_id")
             pipe.hmget(keys.runtime(sid), "status", *LEVEL_FIELDS)
         replies = pipe.execute()
         members = {}
         for n, sid in enumerate(ids):
-            (exchange, symbol, token, run, account, stop_loss), (status, *levels) = replies[2 * n], replies[2 * n + 1]
+            (exchange, symbol, token, run, account, stop_loss, owner), (status, *levels) = \
+                replies[2 * n], replies[2 * n + 1]
             if not (exchange and symbol and run and status):
                 continue  # being started or stopped right now; the next message or resync settles it
             members[sid] = Member(sid, Instrument(exchange.decode(), symbol.decode(), int(token or 0)),
                                   status.decode(), int(run), int(account) if account else None,
-                                  _watch(levels, stop_loss))
+                                  int(owner) if owner else None, _watch(levels, stop_loss))
         return members
 
     def _read_watch(self, sid: int) -> Watch | None:
@@ -673,6 +677,7 @@ class Listener:
                     self.subscribed.pop(instrument.key, None)
                     self.stale.pop(instrument.key, None)
                     self.prices.pop(instrument.key, None)  # a price from before a later resubscription means nothing
+                    self.pushed.pop(instrument.key, None)
             self.conn.hdel(keys.FEED_STALE, *(i.key for i in gone))
             log.info("unsubscribed", extra={"event": "feed_unsubscribe", "instruments": [i.key for i in gone]})
         if new:
@@ -749,6 +754,22 @@ class Listener:
                     self.stale.pop(key, None)
             log.info("feed recovered", extra={"event": "feed_recovered", "instruments": recovered})
         pipe.execute()
+
+    def push_prices(self) -> None:
+        """The owners of running strategies get their instruments' prices that changed since the last push
+        (every PRICE_PUSH_SECONDS), each user only theirs, over Socket.IO: a page marks P&L live between
+        the engine's state changes."""
+        by_user: dict[int, dict[str, float]] = defaultdict(dict)
+        with self.lock:
+            changed = {key: price for key, price in self.prices.items() if self.pushed.get(key) != price}
+            if not changed:
+                return
+            self.pushed.update(changed)
+            for member in self.members.values():
+                if member.user_id is not None and member.instrument.key in changed:
+                    by_user[member.user_id][member.instrument.key] = changed[member.instrument.key]
+        if by_user:
+            live.push_prices(self.app.config["REDIS_URL"], clock.epoch(), by_user)
 
     def _write_moves(self, pipe: redis.client.Pipeline, moves: list[tuple[int, int, float, int, int]]) -> None:
         """Each strategy's last move since the previous flush, in one script call: runtime hash trail_stop
@@ -864,7 +885,7 @@ class Listener:
         self.resync()
         resync_every = self.app.config["LISTENER_RESYNC_SECONDS"]
         session_every = self.app.config["FEED_SESSION_CHECK_SECONDS"]
-        next_flush = next_health = time.monotonic()
+        next_flush = next_health = next_push = time.monotonic()
         next_resync = next_flush + resync_every
         next_sequence_check = next_flush + SEQUENCE_CHECK_SECONDS
         next_session = next_flush + session_every
@@ -883,6 +904,9 @@ class Listener:
             if now >= next_flush:
                 self.flush_prices()
                 next_flush = now + PRICE_FLUSH_SECONDS
+            if now >= next_push:
+                self.push_prices()
+                next_push = now + PRICE_PUSH_SECONDS
             if now >= next_health:
                 self.check_health()
                 next_health = now + 1.0

@@ -23,6 +23,12 @@ def api_register(client, email: str) -> dict:  # type: ignore[no-untyped-def]
     return {"Authorization": f"Bearer {response.json['token']}"}
 
 
+def api_login(client, email: str) -> dict:  # type: ignore[no-untyped-def]
+    response = client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert response.status_code == 200, response.json
+    return {"Authorization": f"Bearer {response.json['token']}"}
+
+
 def api_strategy(client, headers: dict, **changes: object) -> int:  # type: ignore[no-untyped-def]
     response = client.post("/api/v1/strategy/create", json={**STRATEGY, **changes}, headers=headers)
     assert response.status_code == 201, response.json

@@ -7,8 +7,9 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.engine_helpers import seconds_ahead
-from tests.helpers import PAPER_CREDENTIALS, PASSWORD, STRATEGY
+from tests.engine_helpers import csv_feed, seconds_ahead
+from tests.helpers import PAPER_CREDENTIALS, PASSWORD, STRATEGY, api_login
+from webapp.money import inr
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -76,6 +77,51 @@ def test_with_websockets_blocked_the_page_polls_and_still_updates(page, live_ser
     assert page.evaluate("window.notReloaded === true")
     assert page.evaluate("window.liveEvents.length") == 0  # nothing came over a socket
     expect(page.locator("#live-indicator")).to_have_text("polling")
+
+
+def rising_feed(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The listener on INFY ticks that step up 0.50 every 3 s: each price lasts long enough to be compared."""
+    rows = [(3.0 * n, "INFY", 1520.0 + 0.5 * n) for n in range(40)]
+    engine.env = {**engine.env, "FEED": csv_feed(tmp_path, "rising", rows)}
+    engine.start("listener", "jobs.listener")
+
+
+def shown_as_the_api_says(page: Page, client, headers: dict, sid: int) -> None:  # type: ignore[no-untyped-def]
+    """The page's last price and P&L are the status API's within a second (the listener pushes each second)."""
+    said = client.get(f"/api/v1/strategy/status/{sid}", headers=headers).json
+    expect(page.locator("#last-price")).to_have_text(inr(said["last_price"]), timeout=1_500)
+    expect(page.locator("#pnl")).to_contain_text(inr(said["pnl"]), timeout=1_500)
+
+
+def test_prices_and_pnl_tick_on_the_open_page_and_match_the_status_api(page, live_server, engine, client,
+                                                                        tmp_path):
+    rising_feed(engine, tmp_path)
+    sign_up(page, live_server, "ticks@example.com")
+    create_and_start(page, live_server, "Ticking INFY", buy_in=3)
+    headers = api_login(client, "ticks@example.com")
+    sid = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    page.evaluate("window.notReloaded = true")
+    first = page.locator("#last-price").inner_text()
+    expect(page.locator("#last-price")).not_to_have_text(first, timeout=8_000)  # a new tick, no state change
+    shown_as_the_api_says(page, client, headers, sid)
+    expect(page.locator("#last-price")).not_to_have_text(page.locator("#last-price").inner_text(), timeout=8_000)
+    shown_as_the_api_says(page, client, headers, sid)
+    assert page.evaluate("window.notReloaded === true") and page.evaluate("window.livePrices") >= 2
+    points = int(page.locator("#price-chart").get_attribute("data-points"))
+    expect(page.locator("#price-chart")).not_to_have_attribute("data-points", str(points), timeout=5_000)  # grows
+
+
+def test_with_websockets_blocked_prices_still_change_by_polling(page, live_server, engine, tmp_path):
+    page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
+    rising_feed(engine, tmp_path)
+    sign_up(page, live_server, "ticks-polled@example.com")
+    create_and_start(page, live_server, "Polled ticks", buy_in=3)
+    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    page.evaluate("window.notReloaded = true")
+    first = page.locator("#last-price").inner_text()
+    expect(page.locator("#last-price")).not_to_have_text(first, timeout=12_000)  # the 5 s poll
+    assert page.evaluate("window.notReloaded === true") and page.evaluate("window.livePrices") is None
 
 
 def test_a_user_never_receives_another_users_updates(browser, live_server, engine):

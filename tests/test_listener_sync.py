@@ -4,6 +4,8 @@ Redis wipe (the counter went back) makes it rebuild; a fired stop is kept, and f
 stays breached, until the strategy leaves its position. Real Redis, the listener object in this process."""
 from __future__ import annotations
 
+import json
+import time
 from decimal import Decimal
 
 import pytest
@@ -286,3 +288,31 @@ def test_breakeven_moves_the_stop_to_the_entry_and_a_price_back_there_fires_it(l
     assert queued(redis_conn) == []
     listener.on_ticks([Tick(INFY, 1500.0)])
     assert queued(redis_conn) == [("7:STOPLOSS:7", "1500.00")]
+
+
+def test_prices_are_pushed_once_a_change_to_the_owners_of_running_strategies_only(listener, redis_conn):
+    """What a browser gets between state changes: each user the changed prices of their own instruments."""
+    mine, theirs = held(7), held(8)
+    theirs.user_id, theirs.symbol, theirs.instrument_token = 2, "TCS", 2953217
+    for strategy in (mine, theirs):
+        runtime.activate(redis_conn, strategy)
+    listener.resync()
+    pushes = redis_conn.pubsub(ignore_subscribe_messages=True)
+    pushes.subscribe(f"{keys.PREFIX}flask-socketio")  # webapp/live.py's channel, as the web processes read it
+
+    def pushed() -> list[tuple[str, dict]]:
+        got, deadline = [], time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            message = pushes.get_message(timeout=0.1)
+            if message is not None:
+                body = json.loads(message["data"])
+                got.append((body["room"], body["data"][0]["prices"]))  # the emit's arguments
+            elif got:
+                break
+        return got
+
+    listener.on_ticks([Tick(INFY, 1510.0)])
+    listener.push_prices()
+    assert pushed() == [("user:1", {"NSE:INFY": 1510.0})]  # not user 2, who holds TCS only
+    listener.push_prices()
+    assert pushed() == []  # nothing changed: nothing sent

@@ -62,10 +62,11 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp import cli, http, live, money
     from webapp.market_calendar import IST
 
-    from webapp.strategies.terms_text import facts
+    from webapp.strategies.terms_text import facts, pnl_attrs
 
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
     app.add_template_global(facts, "strategy_facts")
+    app.add_template_global(pnl_attrs, "pnl_attrs")
     app.add_template_filter(money.inr, "inr")
     app.add_template_filter(money.percent, "percent")
 

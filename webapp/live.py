@@ -59,9 +59,9 @@ def _outbox(url: str) -> queue.SimpleQueue:
 
 def _send(emitter: SocketIO, outbox: queue.SimpleQueue) -> None:
     while True:
-        room, payload = outbox.get()
+        event, room, payload = outbox.get()
         try:
-            emitter.emit("runtime", payload, to=room)
+            emitter.emit(event, payload, to=room)
         except Exception:  # noqa: BLE001 — best effort: a browser that misses this still polls within 5 s
             log.exception("live update not sent", extra={"event": "live_push_failed"})
 
@@ -74,5 +74,14 @@ def notify(strategies: list[Strategy]) -> None:
     """Best effort, and never blocking: a browser that misses this still polls within 5 s."""
     outbox = _outbox(current_app.config["REDIS_URL"])
     for strategy in strategies:
-        outbox.put((user_room(strategy.user_id), {"strategy_id": strategy.id, "status": strategy.status,
-                                                  "position": strategy.position}))
+        outbox.put(("runtime", user_room(strategy.user_id), {"strategy_id": strategy.id, "status": strategy.status,
+                                                             "position": strategy.position}))
+
+
+def push_prices(redis_url: str, at: float, by_user: dict[int, dict[str, float]]) -> None:
+    """Each user's browsers get the last prices of the instruments their running strategies trade
+    ("EXCHANGE:SYMBOL" → price, `at` the exchange clock's epoch seconds): pages mark P&L and grow the chart
+    from them without asking. Best effort, never blocking: a browser that misses one has the next."""
+    outbox = _outbox(redis_url)
+    for user_id, prices in by_user.items():
+        outbox.put(("prices", user_room(user_id), {"t": at, "prices": prices}))

@@ -6,6 +6,7 @@
   var holder = document.getElementById("price-chart");
   if (!holder || typeof uPlot === "undefined") return;
   var plot = null;
+  var shown = null;  // the data drawn last: pushed prices grow its line
 
   // A dashed level from x0 to x1 (canvas px), labelled above its left end, or below its right one.
   function hline(u, ctx, y, x0, x1, color, label, atRight) {
@@ -68,6 +69,7 @@
   }
 
   function draw(data) {
+    shown = data;
     var xs = data.ticks.map(function (t) { return t[0]; });
     var ys = data.ticks.map(function (t) { return t[1]; });
     var lo = Math.min(data.buy_at, xs.length ? xs[0] : data.buy_at) - 60;
@@ -96,6 +98,13 @@
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (data) { if (data) draw(data); });
   }
+
+  document.addEventListener("live-prices", function (e) {  // static/js/live.js: the line grows each second
+    var price = shown && e.detail.prices[shown.symbol];
+    if (price == null) return;
+    shown.ticks.push([e.detail.t, price]);
+    draw(shown);
+  });
 
   document.body.addEventListener("htmx:afterSwap", function (e) {
     if (e.detail.target && e.detail.target.id === "strategy-panel") load();

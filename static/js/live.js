@@ -1,5 +1,7 @@
 // Live updates: a Socket.IO push refreshes the page's live fragments at once; while the socket is down the
-// same fragments are re-fetched every 5 s. The indicator says which: live, polling or offline.
+// same fragments are re-fetched every 5 s. The indicator says which: live, polling or offline. Between
+// state changes the listener pushes the prices of the user's instruments (at most once a second each):
+// last prices and P&L are marked here at once, and the chart grows ("live-prices" event).
 (function () {
   "use strict";
   var POLL_MS = 5000;
@@ -11,6 +13,29 @@
     if (!indicator) return;
     indicator.dataset.state = state;
     indicator.textContent = state;
+  }
+
+  // The server's money format (webapp/money.py): ₹1,23,456.50, −₹62.00.
+  function inr(value) {
+    var text = Math.abs(value).toLocaleString("en-IN", { minimumFractionDigits: 2, maximumFractionDigits: 2 });
+    return (value < 0 && text !== "0.00" ? "\u2212" : "") + "\u20b9" + text;
+  }
+
+  function percent(value) {
+    var text = Math.abs(value).toFixed(2);
+    return (value < 0 && text !== "0.00" ? "\u2212" : "") + text + "%";
+  }
+
+  // P&L as the status service marks it: (price − entry) × direction × position, and of the entry value.
+  function mark(key, price) {
+    document.querySelectorAll('[data-price-of="' + key + '"]').forEach(function (el) { el.textContent = inr(price); });
+    document.querySelectorAll('[data-pnl-of="' + key + '"]').forEach(function (el) {
+      var entry = parseFloat(el.dataset.entry), gain = (price - entry) * parseInt(el.dataset.sign, 10);
+      var pnl = Math.round(gain * parseInt(el.dataset.position, 10) * 100) / 100;
+      el.textContent = inr(pnl) + " (" + percent(gain / entry * 100) + ")";
+      el.classList.toggle("pnl-up", pnl > 0);
+      el.classList.toggle("pnl-down", pnl < 0);
+    });
   }
 
   function refresh() {
@@ -43,6 +68,11 @@
   socket.on("runtime", function (data) {
     window.liveEvents.push(data);
     refresh();
+  });
+  socket.on("prices", function (data) {
+    window.livePrices = (window.livePrices || 0) + 1;
+    Object.keys(data.prices).forEach(function (key) { mark(key, data.prices[key]); });
+    document.dispatchEvent(new CustomEvent("live-prices", { detail: data }));
   });
   startPolling();  // until the socket says it is up
 })();

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from flask import current_app
+from markupsafe import Markup, escape
 
 from webapp.engine import exits
 from webapp.models import Strategy
@@ -64,3 +65,14 @@ def facts(strategy: Strategy, state: dict) -> list[tuple[str, str]]:
         rows.append(("Orders", f"LIMIT ±{buffer.normalize():f}%, MARKET after {wait:g} s unfilled"))
     rows.append(("Runs", schedule_text(strategy)))
     return rows
+
+
+def pnl_attrs(key: str, state: dict) -> Markup:
+    """The P&L cell's colour (none for nothing or zero) and, while a position is held, what static/js/live.js
+    needs to mark it at every pushed price of `key` ("EXCHANGE:SYMBOL") the way the status service does."""
+    pnl = state.get("pnl")
+    attrs = {"class": "" if not pnl or Decimal(pnl) == 0 else "pnl-down" if pnl.startswith("-") else "pnl-up"}
+    if state.get("position") and state.get("entry_price"):
+        attrs |= {"data-pnl-of": key, "data-entry": state["entry_price"], "data-position": state["position"],
+                  "data-sign": -1 if state.get("direction") == exits.SHORT else 1}
+    return Markup(" ".join(f'{name}="{escape(value)}"' for name, value in attrs.items() if value != ""))
