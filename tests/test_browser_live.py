@@ -48,9 +48,11 @@ def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engin
     page.set_viewport_size({"width": 1280, "height": 800})
     sign_up(page, live_server, "live@example.com")
     create_and_start(page, live_server, "Live INFY", buy_in=4)
+    expect(page.locator(".flash-success")).to_contain_text("Running: BUY at")
     expect(page.locator("#live-indicator")).to_have_text("live", timeout=10_000)
     page.evaluate("window.notReloaded = true")
     expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator(".flash-success")).to_have_count(0)  # "Running: BUY at …" described START's moment
     expect(page.locator("#order-log")).to_contain_text("COMPLETE")
     assert page.evaluate("window.notReloaded === true")  # updated in place
     assert page.evaluate("window.liveEvents.some(e => e.status === 'in_position')")  # and by the push

@@ -67,6 +67,9 @@
   socket.on("connect_error", startPolling);
   socket.on("runtime", function (data) {
     window.liveEvents.push(data);
+    // A success message told what an action did then ("Running: BUY at …"); once the state has moved on it
+    // no longer describes the present. (A refusal stays: it says why nothing happened.)
+    document.querySelectorAll(".flash-success").forEach(function (el) { el.remove(); });
     refresh();
   });
   socket.on("prices", function (data) {
