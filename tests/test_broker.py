@@ -52,8 +52,45 @@ def test_invalid_credentials_on_the_page(app, client):
     response = client.post("/broker", data={"api_key": "x!", "api_secret": "a", "access_token": "b", "csrf_token": token},
                            headers={"HX-Request": "true"})
     assert response.status_code == 422
-    assert "BROKER_AUTH_FAILED" in response.get_data(as_text=True)
+    html = response.get_data(as_text=True)
+    assert "BROKER_AUTH_FAILED" not in html  # the code is for the JSON API; people get words
+    assert "The broker did not accept these credentials." in html and "Nothing was saved" in html
+    assert "API key must be 6–64 letters or digits" in html and "api_key must" not in html
     assert db_scalar(app, select(BrokerAccount)) is None
+
+
+def test_an_error_keeps_the_api_key_never_the_secrets(app, client):
+    """After a refusal the API key is typed back (it is no secret: the page shows its last 4 anyway); the API
+    secret and access token are never sent back, not even masked."""
+    browser_login(client, "keep@example.com")
+    token = csrf_token(client, "/broker")
+    typed = {"api_key": "kiteKey<9>", "api_secret": "Secret!!value77", "access_token": "tok en value 88"}
+    response = client.post("/broker", data={**typed, "csrf_token": token}, headers={"HX-Request": "true"})
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert 'name="api_key" type="text" value="kiteKey&lt;9&gt;"' in html
+    assert typed["api_secret"] not in html and "Secret!!" not in html and "tok en value" not in html
+    assert 'name="api_secret" type="password" value=""' in html
+    assert 'aria-invalid="true" aria-describedby="e-api_key"' in html
+    # A missing field keeps the key too, and says what is missing.
+    response = client.post("/broker", data={"api_key": "abcdef12", "api_secret": "", "access_token": "",
+                                            "csrf_token": token})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 422 and 'value="abcdef12"' in html and "Nothing was saved" in html
+    # The form says what well-formed credentials look like.
+    assert "Kite developer console" in html and "Letters and digits" in html
+
+
+def test_broker_page_times_are_ist(app, client):
+    from webapp.market_calendar import IST
+
+    browser_login(client, "ist@example.com")
+    token = csrf_token(client, "/broker")
+    assert client.post("/broker", data={**PAPER_CREDENTIALS, "csrf_token": token}).status_code == 303
+    html = client.get("/broker").get_data(as_text=True)
+    validated = db_scalar(app, select(BrokerAccount.validated_at))
+    assert validated.astimezone(IST).strftime("validated %d %b %Y %H:%M:%S IST") in html
+    assert "UTC" not in html
 
 
 def test_missing_fields_are_reported_per_field(client):

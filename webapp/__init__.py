@@ -65,6 +65,25 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp.strategies.terms_text import facts, pnl_attrs
 
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
+
+    def ist_datetime(moment: object) -> str:
+        """A moment (a datetime, or an ISO string as the health report and the account description carry) as
+        "25 Nov 2026 14:31:05 IST"; naive values are UTC, as everything stored is."""
+        from datetime import datetime as _datetime, timezone as _timezone
+        if not moment:
+            return "—"
+        if isinstance(moment, str):
+            try:
+                moment = _datetime.fromisoformat(moment)
+            except ValueError:
+                return moment
+        if not isinstance(moment, _datetime):
+            return str(moment)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=_timezone.utc)
+        return moment.astimezone(IST).strftime("%d %b %Y %H:%M:%S IST")
+
+    app.add_template_filter(ist_datetime, "ist_datetime")
     app.add_template_global(facts, "strategy_facts")
     app.add_template_global(pnl_attrs, "pnl_attrs")
     app.add_template_filter(money.inr, "inr")

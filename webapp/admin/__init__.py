@@ -10,7 +10,8 @@ from webapp.api import tokens
 from webapp.extensions import csrf, db
 from webapp.feeds import session as feed_session
 from webapp.http import go_to
-from webapp.models import AuditEvent, User, active_kill_switches
+from webapp.models import AuditEvent, User, active_kill_switches, kill_switch_for
+from webapp.money import inr
 from webapp.services import health, kill_switch
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -31,8 +32,98 @@ def _admins_only() -> None:
 def index():  # type: ignore[no-untyped-def]
     users = list(db.session.scalars(select(User).order_by(User.id)))
     audit = list(db.session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(30)))
+    emails = {u.id: u.email for u in users}
+    lines = [(a, audit_text(a, emails)) for a in audit]
     return render_template("admin/index.html", users=users, switches=active_kill_switches(), health=health.snapshot(),
-                           audit=audit, confirmation=kill_switch.CONFIRMATION, feed_accounts=feed_session.candidates())
+                           audit=lines, confirmation=kill_switch.CONFIRMATION, reason_max=kill_switch.REASON_MAX,
+                           feed_accounts=feed_session.candidates())
+
+
+@bp.app_context_processor
+def _kill_switch_banner() -> dict:
+    """`kill_switch_banner()` in any template: the engaged switch that covers the logged-in user (global or
+    theirs), or None. A function, so only base.html pays the query, never an HTMX fragment."""
+    def kill_switch_banner():  # type: ignore[no-untyped-def]
+        if not current_user.is_authenticated:
+            return None
+        try:
+            return kill_switch_for(current_user.id)
+        except Exception:  # noqa: BLE001 — the error page extends base.html too; it must still render
+            current_app.logger.exception("kill switch unreadable")
+            return None
+    return {"kill_switch_banner": kill_switch_banner}
+
+
+def _who(user_id: int | None, emails: dict[int, str]) -> str:
+    return f"{emails.get(user_id, 'a deleted user')} (#{user_id})" if user_id is not None else "everyone"
+
+
+def _plain(value: object) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{str(k).replace('_', ' ')} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value)
+    return "—" if value is None or value == "" else str(value)
+
+
+def _count(n: object, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def audit_text(event: AuditEvent, emails: dict[int, str]) -> str:
+    """One audit event in words an admin reads at a glance, never a Python dict."""
+    d = event.detail if isinstance(event.detail, dict) else {}
+    action = event.action
+    subject = _who(event.subject_user_id, emails)
+    strategy = f"strategy #{event.strategy_id}" if event.strategy_id else "a strategy"
+    if action == "kill_switch_engaged":
+        scope = "global" if d.get("scope") == "global" or event.subject_user_id is None else f"for {subject}"
+        return (f"kill switch engaged ({scope}): reason “{d.get('reason', '')}” — "
+                f"{_count(d.get('strategies', 0), 'strategy', 'strategies')} stopped, "
+                f"{_count(d.get('in_position', 0), 'position', 'positions')} squared off")
+    if action == "kill_switch_released":
+        scope = "global" if event.subject_user_id is None else f"for {subject}"
+        return f"kill switch released ({scope}): it was engaged for “{d.get('reason', '')}”"
+    if action in ("user_disabled", "user_enabled"):
+        return f"user {subject} {action.removeprefix('user_')}"
+    if action == "admin_granted":
+        return f"admin role granted to {subject}" + (f" (via {d['via']})" if d.get("via") else "")
+    if action == "market_feed_account":
+        account = d.get("broker_account_id")
+        return f"market-data account set to Kite account #{account}" if account else "market-data account cleared"
+    if action == "strategy_deployed":
+        text = f"{strategy} of {subject} deployed on {_plain(d.get('weekdays'))}"
+        return text + (f", next run {d['next_run']}" if d.get("next_run") else "")
+    if action == "strategy_undeployed":
+        return f"{strategy} of {subject} undeployed"
+    if action == "run_skipped":
+        return f"{strategy} of {subject}: run of {d.get('run_date', '—')} skipped: {d.get('reason', '—')}"
+    if action == "strategy_failed":
+        held = "position unknown" if d.get("position_unknown") else f"position {d.get('position', 0)}"
+        return f"{strategy} of {subject} failed: {d.get('reason', '—')} ({held})"
+    if action == "position_acknowledged":
+        return f"{strategy} of {subject}: position of {d.get('position', '—')} acknowledged as held"
+    if action == "runtime_corrupt":
+        return f"{strategy} of {subject}: run state unreadable: {d.get('problem', '—')}"
+    if action == "daily_loss_limit_hit":
+        return (f"daily loss limit hit for {subject} on {d.get('trading_day', '—')}: P&L {_money(d.get('pnl'))} "
+                f"against a limit of {_money(d.get('daily_loss_limit'))}, "
+                f"{_count(d.get('open_positions', 0), 'open position', 'open positions')} squared off")
+    if action == "risk_limits_changed":
+        changes = [f"{str(k).replace('_', ' ')} {_plain(v.get('from'))} → {_plain(v.get('to'))}"
+                   for k, v in d.items() if isinstance(v, dict)]
+        return f"risk limits of {subject} changed: " + ("; ".join(changes) or "—")
+    text = action.replace("_", " ")
+    if event.subject_user_id:
+        text += f" ({subject})"
+    return text + (f": {_plain(d)}" if d else "")
+
+
+def _money(value: object) -> str:
+    try:
+        return inr(value)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 — an audit line never fails the page
+        return _plain(value)
 
 
 @bp.get("/health")
@@ -49,7 +140,7 @@ def kill():  # type: ignore[no-untyped-def]
     try:
         stopped = kill_switch.engage(current_user, user_id, request.form.get("reason", ""),
                                      request.form.get("confirmation", ""))
-    except kill_switch.NotConfirmed as exc:
+    except kill_switch.NotConfirmed as exc:  # AlreadyEngaged too: refused, never stacked
         flash(f"Kill switch not engaged: {exc}", "error")
     else:
         scope = "everyone" if user_id is None else f"user {user_id}"

@@ -12,6 +12,28 @@ from webapp.services import broker_accounts, order_updates
 from webapp.services.errors import ValidationFailed
 
 bp = Blueprint("broker", __name__, url_prefix="/broker")
+LABELS = {"api_key": "API key", "api_secret": "API secret", "access_token": "access token"}
+KEPT_MAX = 100  # the API key typed back into the form after an error; longer is not a key anyway
+
+
+def plain_words(exc: BrokerAuthFailed) -> str:
+    """The broker's refusal for a person: field names as the form labels them, and no BROKER_AUTH_FAILED code
+    (that stays in the JSON API, for programs)."""
+    message = str(exc).strip().removeprefix("Kite did not accept these credentials:").strip()
+    message = message or "the broker did not say why"
+    for field, label in LABELS.items():
+        message = message.replace(field, label)
+    return message[:1].upper() + message[1:]
+
+
+def _refused_fields(exc: BrokerAuthFailed) -> dict[str, str]:
+    """Which fields the refusal names (the paper broker names each badly formed one), to mark them invalid."""
+    errors: dict[str, str] = {}
+    for part in str(exc).split(";"):
+        for field in LABELS:
+            if field in part and field not in errors:
+                errors[field] = plain_words(BrokerAuthFailed(part.strip())) + "."
+    return errors
 
 
 @bp.route("", methods=["GET", "POST"])
@@ -19,19 +41,26 @@ bp = Blueprint("broker", __name__, url_prefix="/broker")
 def connect():  # type: ignore[no-untyped-def]
     errors: dict[str, str] = {}
     auth_error = None
+    kept: dict[str, str] = {}
     if request.method == "POST":
+        # Only the API key is typed back after an error: it is not a secret (the page shows its last 4 anyway).
+        # The secret and the token are never sent back to the browser, not even masked: keeping them "unchanged"
+        # would mean holding an unsaved secret in the session between two posts.
+        kept = {"api_key": request.form.get("api_key", "").strip()[:KEPT_MAX]}
         try:
             broker_accounts.connect(current_user, request.form)
         except ValidationFailed as exc:
             errors = exc.fields
         except BrokerAuthFailed as exc:
-            auth_error = {"code": exc.code, "message": str(exc)}
+            auth_error = {"code": exc.code, "message": plain_words(exc)}
+            errors = _refused_fields(exc)
         else:
             flash("Broker account connected.", "success")
             return go_to(url_for("strategies.index"))
     context = {
         "errors": errors,
         "auth_error": auth_error,
+        "kept": kept,
         "account": broker_accounts.describe(broker_accounts.account_for(current_user)),
         "broker_name": current_app.config["BROKER"],
     }
@@ -65,7 +94,8 @@ def kite_callback():  # type: ignore[no-untyped-def]
         try:
             broker_accounts.complete_kite_login(account, request.args["request_token"])
         except BrokerAuthFailed as exc:
-            flash(f"{exc.code}: {exc}", "error")
+            flash(f"{plain_words(exc)}. Please log in with Kite again; if it keeps failing, check the API secret "
+                  "saved here matches the one on the Kite developer console.", "error")
         else:
             flash("Logged in with Kite. Your session lasts until 06:00 IST tomorrow.", "success")
             return redirect(url_for("strategies.index"))

@@ -10,26 +10,65 @@ from webapp import clock, redis_client
 from webapp.engine import dispatch
 from webapp.engine.events import KILL, Event
 from webapp.extensions import db
+from webapp.market_calendar import IST
 from webapp.models import AuditEvent, KillSwitch, Strategy, User
 from webapp.state_machine import RUNNING
 
 log = logging.getLogger("admin.kill_switch")
 CONFIRMATION = "KILL"
+REASON_MAX = 200  # traders read it in a banner on every page: one or two lines, never an essay
 
 
 class NotConfirmed(Exception):
     pass
 
 
+class AlreadyEngaged(NotConfirmed):
+    """A switch with the same scope is engaged already. Refused rather than merged: the engaged switch already
+    stops everything in that scope and refuses every START, so a second adds nothing but a second release an
+    admin must remember; and merging would rewrite a reason traders have already read and the audit recorded.
+    To change the reason, release and engage again."""
+
+
+def clean_reason(reason: str) -> str:
+    """One line, no runs of spaces: a pasted newline or tab must not break the traders' banner."""
+    return " ".join(reason.split())
+
+
+def _same_scope(user_id: int | None) -> list[KillSwitch]:
+    query = select(KillSwitch).where(KillSwitch.released_at.is_(None))
+    query = query.where(KillSwitch.user_id.is_(None) if user_id is None else KillSwitch.user_id == user_id)
+    return list(db.session.scalars(query.order_by(KillSwitch.id)))
+
+
+def _refusal(engaged: KillSwitch) -> AlreadyEngaged:
+    scope = "A global kill switch" if engaged.user_id is None else f"A kill switch for user {engaged.user_id}"
+    since = engaged.engaged_at.astimezone(IST).strftime("%d %b %Y %H:%M:%S IST")
+    return AlreadyEngaged(f"{scope} is already engaged (since {since}, reason: {engaged.reason}). "
+                          "Release it first to engage one with a new reason.")
+
+
 def engage(admin: User, user_id: int | None, reason: str, confirmation: str) -> int:
     """Returns how many running strategies were sent a KILL."""
     if confirmation.strip() != CONFIRMATION:
         raise NotConfirmed(f'Type {CONFIRMATION} to confirm.')
-    if not reason.strip():
+    reason = clean_reason(reason)
+    if not reason:
         raise NotConfirmed("Give a reason: it is recorded with the switch.")
-    switch = KillSwitch(user_id=user_id, reason=reason.strip()[:255], engaged_by=admin.id)
+    if len(reason) > REASON_MAX:
+        raise NotConfirmed(f"Keep the reason to {REASON_MAX} characters (it has {len(reason)}): traders see it "
+                           "on every page.")
+    engaged = _same_scope(user_id)
+    if engaged:
+        raise _refusal(engaged[0])
+    switch = KillSwitch(user_id=user_id, reason=reason, engaged_by=admin.id)
     db.session.add(switch)
     db.session.commit()  # from here no START passes, before any KILL goes out
+    first = _same_scope(user_id)[0]
+    if first.id != switch.id:  # another admin's switch landed between the check and this commit: theirs stands
+        db.session.delete(switch)
+        db.session.commit()
+        raise _refusal(first)
     query = select(Strategy).where(Strategy.status.in_([s.value for s in RUNNING]))
     if user_id is not None:
         query = query.where(Strategy.user_id == user_id)
