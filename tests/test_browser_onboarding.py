@@ -76,7 +76,7 @@ def fill_strategy(page: Page, values: dict) -> None:
 
 
 def expect_listed(page: Page) -> None:
-    card = page.locator("#strategy-list article.card")
+    card = page.locator("#strategy-list tr.strategy-row")
     expect(card).to_have_count(1)
     expect(card.get_by_role("link", name=STRATEGY["name"])).to_be_visible()
     expect(card).to_contain_text(f"{STRATEGY['exchange']}:{STRATEGY['symbol']}")
@@ -197,7 +197,7 @@ def test_new_strategy_form_errors_at_phone_width(app, live_server: str, browser:
         assert db_scalar(app, select(func.count(Strategy.id))) == 0
         page.goto(base + "/strategies")
         expect(page.locator("p.empty")).to_contain_text("No strategies yet")
-        expect(page.locator("#strategy-list article.card")).to_have_count(0)
+        expect(page.locator("#strategy-list tr.strategy-row")).to_have_count(0)
         assert problems == []
     finally:
         context.close()

@@ -156,4 +156,4 @@ def test_dashboard_cards_show_pnl_controls_and_a_stale_feed_banner(app, client, 
     redis_conn.hset(keys.FEED_STALE, "NSE:INFY", "2026-11-25T04:00:00+00:00")
     page = client.get("/strategies/cards").get_data(as_text=True)
     assert 'id="feed-stale"' in page and "NSE:INFY" in page
-    assert "STOP will square off 10 INFY at market now" in page and "10 of 10" in page
+    assert "STOP will square off 10 INFY at market now" in page and "10/10" in page

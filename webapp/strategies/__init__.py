@@ -6,7 +6,7 @@ from flask_login import current_user, login_required
 from webapp import instruments
 from webapp.services import lifecycle
 from webapp.http import go_to, is_htmx
-from webapp.services import broker_accounts, status
+from webapp.services import broker_accounts, dashboard, status
 from webapp.services import strategies as service
 from webapp.services.errors import ValidationFailed
 from webapp.services.strategies import NotEditable
@@ -65,22 +65,16 @@ def last_price():  # type: ignore[no-untyped-def]
         request.args.get("exchange", "NSE"), request.args.get("symbol")))
 
 
-def _cards_context() -> dict:
-    strategies = service.list_for(current_user)
-    return {"strategies": strategies, "states": {s.id: status.for_page(s) for s in strategies},
-            "stale": status.stale_symbols()}
-
-
 @bp.get("")
 def index():  # type: ignore[no-untyped-def]
-    return render_template("strategies/index.html", **_cards_context(),
+    return render_template("strategies/index.html", **dashboard.context(),
                            account=broker_accounts.describe(broker_accounts.account_for(current_user)))
 
 
 @bp.get("/cards")
 def cards():  # type: ignore[no-untyped-def]
-    """The dashboard's live part, re-fetched on a push or every 5 s while polling."""
-    return render_template("strategies/_cards.html", **_cards_context())
+    """The dashboard's live part (summary and table), re-fetched on a push or every 5 s while polling."""
+    return render_template("strategies/_table.html", **dashboard.context())
 
 
 @bp.route("/new", methods=["GET", "POST"])
