@@ -144,7 +144,8 @@ def kill():  # type: ignore[no-untyped-def]
         flash(f"Kill switch not engaged: {exc}", "error")
     else:
         scope = "everyone" if user_id is None else f"user {user_id}"
-        flash(f"Kill switch engaged for {scope}: {stopped} running strategies are being stopped and squared off.",
+        flash(f"Kill switch engaged for {scope}: {_count(stopped, 'running strategy is', 'running strategies are')} "
+              "being stopped and squared off.",
               "success")
     return go_to(url_for("admin.index"))
 
