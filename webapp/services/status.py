@@ -184,7 +184,8 @@ def chart_data(strategy: Strategy) -> dict:
     """Today's price samples for the strategy's symbol, its buy/sell instants, its filled orders as markers,
     and the run's exits: the stop as it moved (a step series of [time, price] from the stop resolved at the
     entry fill, then each move the listener made), the target and the direction. `stop_loss` is the stop in
-    force as one number (before the entry fills, a price stop's price; None for % and points)."""
+    force as one number (before the entry fills, a price stop's price; None for % and points). `now` is the
+    server's clock, so the chart can range to the present in a browser whose clock is off."""
     day = date.fromisoformat(strategy.run_date) if strategy.run_date else exchange_date(clock.now())
     pipe = redis_client.current().pipeline(transaction=False)
     pipe.lrange(keys.ticks(strategy.exchange, strategy.symbol, day.isoformat()), 0, -1)
@@ -213,4 +214,5 @@ def chart_data(strategy: Strategy) -> dict:
             "target": float(strategy.target_price) if strategy.target_price is not None else None,
             "direction": strategy.direction or exits.LONG,
             "buy_at": instant(day, parse_time(strategy.buy_time)).timestamp(),
-            "sell_at": instant(day, parse_time(strategy.sell_time)).timestamp()}
+            "sell_at": instant(day, parse_time(strategy.sell_time)).timestamp(),
+            "now": clock.now().timestamp()}  # the server's clock: the chart's x range runs to now while live
