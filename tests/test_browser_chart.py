@@ -108,4 +108,5 @@ def test_the_chart_breaks_at_a_gap_speaks_ist_and_keeps_its_labels_apart(page: P
     expect(chart).to_have_attribute("data-markers", "2", timeout=5_000)
     boxes = labels(page)
     assert len(boxes) >= 4 and overlapping(boxes) == [], boxes
+    page.screenshot(path=str(artifacts / "chart-crowded-390x844.png"))
     assert problems == []

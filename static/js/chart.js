@@ -166,7 +166,7 @@
       if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
       ctx.lineWidth = dpr; ctx.strokeStyle = m[2]; ctx.setLineDash([4, 4]); ctx.beginPath();
       ctx.moveTo(x, top); ctx.lineTo(x, bottom); ctx.stroke();
-      var text = m[0] + " " + timeFmt.format(new Date(m[1] * 1e3)), w = ctx.measureText(text).width + 6 * dpr;
+      var text = m[0] + " " + secFmt.format(new Date(m[1] * 1e3)), w = ctx.measureText(text).width + 6 * dpr;
       labels.place(text, m[2], [[x + 3 * dpr, top + 2 * dpr], [x - w - 3 * dpr, top + 2 * dpr], [x + 3 * dpr, bottom - labels.h - 2 * dpr]]);
     });
     ctx.restore();
@@ -194,7 +194,7 @@
     var lo = first == null ? Math.min(data.buy_at, t) : Math.min(first, data.buy_at);
     var hi = Math.max(last == null ? data.buy_at : last, live ? t : -Infinity, data.buy_at);
     data.markers.forEach(function (m) { lo = Math.min(lo, m.t); hi = Math.max(hi, m.t); });
-    var margin = Math.max(20, (hi - lo) * 0.06);
+    var margin = Math.max(3, (hi - lo) * 0.04);
     if (data.sell_at <= hi + 2 * margin) hi = Math.max(hi, data.sell_at);
     return [lo - margin, hi + margin];
   }
