@@ -186,10 +186,12 @@ def test_every_page_fits_a_phone(browser, live_server, app, artifacts):
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
     sign_up(page, live_server, "phone@example.com")
     db_update(app, User, db_scalar(app, select(User.id)), is_admin=True)
-    create_and_start(page, live_server, "Phone INFY", buy_in=300)
-    for path in ("/strategies", "/strategies/new", "/strategies/1", "/broker", "/admin"):
+    create_and_start(page, live_server, "W" * 80, buy_in=300)  # 80 characters and no space to break at
+    for path in ("/strategies", "/strategies/new", "/strategies/1", "/strategies/1/edit", "/broker", "/admin",
+                 "/settings/risk"):
         page.goto(f"{live_server}{path}")
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth"), path
+        page.screenshot(path=str(artifacts / f"phone{path.replace('/', '-')}-390x844.png"), full_page=True)
         small = page.evaluate("""[...document.querySelectorAll('main button, main [role=button]')]
             .filter(b => b.offsetParent !== null && b.getBoundingClientRect().height < 40).map(b => b.textContent)""")
         assert small == [], (path, small)
