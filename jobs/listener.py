@@ -56,7 +56,7 @@ from webapp.state_machine import RUNNING, Status
 
 log = logging.getLogger("listener")
 PRICE_FLUSH_SECONDS = 0.1
-PRICE_PUSH_SECONDS = 1.0  # browsers get an instrument's changed price at most this often
+PRICE_PUSH_SECONDS = 1.0  # browsers get an instrument's changed price at most this often (at once, then held)
 CHART_SAMPLE_SECONDS = 2.0  # one chart point per symbol per 2 s: a trading day is ~11,000 points
 CHART_MAX_POINTS = 12_000
 CHART_TRIM_SECONDS = 60.0  # trimming and expiring a series now and then keeps the flush to one write a symbol
@@ -187,6 +187,7 @@ class Listener:
         self.index = ExitIndex()
         self.members: dict[int, Member] = {}
         self.holders: Counter[str] = Counter()  # members per instrument: what the feed must be subscribed to
+        self.owners: dict[str, Counter[int]] = defaultdict(Counter)  # instrument → its members' users: who sees it
         self.fired: dict[str, Fired] = {}  # by event id: exits sent for strategies still in position
         self.moved: dict[int, tuple[int, float, int]] = {}  # strategy → (run, stop, epoch ms): moves to write
         self.stops_due = 0.0  # monotonic: when the flush next writes moved stops
@@ -203,6 +204,7 @@ class Listener:
         self.session: feed_session.FeedSession | None = None  # the Kite feed's, when FEED=kite
         self.quotes = QuotePoller(app, self.quote_wanted, self.on_quotes, lambda: self.session)
         self.pushed: dict[str, float] = {}  # the last price pushed to browsers, per instrument
+        self.pushed_at: dict[str, float] = {}  # monotonic: when it was pushed
         self.sampled: dict[str, float] = {}
         self.trimmed: dict[str, float] = {}
         self.ticks = 0
@@ -527,6 +529,9 @@ class Listener:
             # when due. Any other (an exit recorded, a new run, keys wiped) would only block a fresh one.
             self.fired = {eid: fired for eid, fired in self.fired.items() if self._still_held(fired)}
             self.holders = Counter(m.instrument.key for m in members.values())
+            self.owners = defaultdict(Counter)
+            for m in members.values():
+                self._own(m, 1)
             self.index = ExitIndex()
             for member in members.values():
                 self._index(member)
@@ -637,6 +642,7 @@ class Listener:
                 self._forget(sid)
                 self.members[sid] = member
                 self.holders[member.instrument.key] += 1
+                self._own(member, 1)
                 self._index(member)
             if member.instrument.key not in self.subscribed:
                 self.sync_subscriptions()
@@ -659,7 +665,19 @@ class Listener:
             self.holders[member.instrument.key] -= 1
             if not self.holders[member.instrument.key]:
                 del self.holders[member.instrument.key]
+            self._own(member, -1)
         return member
+
+    def _own(self, member: Member, change: int) -> None:
+        """Caller holds the lock. Counts the member's user in as a viewer of its instrument's price, or out."""
+        if member.user_id is None:
+            return
+        users = self.owners[member.instrument.key]
+        users[member.user_id] += change
+        if users[member.user_id] <= 0:
+            del users[member.user_id]
+        if not users:
+            del self.owners[member.instrument.key]
 
     def sync_subscriptions(self, publish: bool = False) -> None:
         """Subscribes and unsubscribes the feed to match the running strategies; writes the subscribed set to
@@ -678,6 +696,7 @@ class Listener:
                     self.stale.pop(instrument.key, None)
                     self.prices.pop(instrument.key, None)  # a price from before a later resubscription means nothing
                     self.pushed.pop(instrument.key, None)
+                    self.pushed_at.pop(instrument.key, None)
             self.conn.hdel(keys.FEED_STALE, *(i.key for i in gone))
             log.info("unsubscribed", extra={"event": "feed_unsubscribe", "instruments": [i.key for i in gone]})
         if new:
@@ -756,18 +775,21 @@ class Listener:
         pipe.execute()
 
     def push_prices(self) -> None:
-        """The owners of running strategies get their instruments' prices that changed since the last push
-        (every PRICE_PUSH_SECONDS), each user only theirs, over Socket.IO: a page marks P&L live between
-        the engine's state changes."""
+        """The owners of running strategies get their instruments' prices that changed, each user only theirs,
+        over Socket.IO: a page marks P&L live between the engine's state changes. Checked at every flush, so
+        a change goes out within ~100 ms; an instrument pushed less than PRICE_PUSH_SECONDS ago waits (its
+        latest price then goes, not each tick)."""
+        now = time.monotonic()
         by_user: dict[int, dict[str, float]] = defaultdict(dict)
         with self.lock:
-            changed = {key: price for key, price in self.prices.items() if self.pushed.get(key) != price}
+            changed = {key: price for key, price in self.prices.items() if self.pushed.get(key) != price
+                       and now - self.pushed_at.get(key, float("-inf")) >= PRICE_PUSH_SECONDS and key in self.owners}
             if not changed:
                 return
-            self.pushed.update(changed)
-            for member in self.members.values():
-                if member.user_id is not None and member.instrument.key in changed:
-                    by_user[member.user_id][member.instrument.key] = changed[member.instrument.key]
+            for key, price in changed.items():
+                self.pushed[key], self.pushed_at[key] = price, now
+                for user_id in self.owners[key]:
+                    by_user[user_id][key] = price
         if by_user:
             live.push_prices(self.app.config["REDIS_URL"], clock.epoch(), by_user)
 
@@ -885,7 +907,7 @@ class Listener:
         self.resync()
         resync_every = self.app.config["LISTENER_RESYNC_SECONDS"]
         session_every = self.app.config["FEED_SESSION_CHECK_SECONDS"]
-        next_flush = next_health = next_push = time.monotonic()
+        next_flush = next_health = time.monotonic()
         next_resync = next_flush + resync_every
         next_sequence_check = next_flush + SEQUENCE_CHECK_SECONDS
         next_session = next_flush + session_every
@@ -903,10 +925,8 @@ class Listener:
                 next_sequence_check = now + SEQUENCE_CHECK_SECONDS
             if now >= next_flush:
                 self.flush_prices()
-                next_flush = now + PRICE_FLUSH_SECONDS
-            if now >= next_push:
                 self.push_prices()
-                next_push = now + PRICE_PUSH_SECONDS
+                next_flush = now + PRICE_FLUSH_SECONDS
             if now >= next_health:
                 self.check_health()
                 next_health = now + 1.0

@@ -291,7 +291,8 @@ def test_breakeven_moves_the_stop_to_the_entry_and_a_price_back_there_fires_it(l
 
 
 def test_prices_are_pushed_once_a_change_to_the_owners_of_running_strategies_only(listener, redis_conn):
-    """What a browser gets between state changes: each user the changed prices of their own instruments."""
+    """What a browser gets between state changes: each user the changed prices of their own instruments, at
+    once, then at most once a second an instrument."""
     mine, theirs = held(7), held(8)
     theirs.user_id, theirs.symbol, theirs.instrument_token = 2, "TCS", 2953217
     for strategy in (mine, theirs):
@@ -316,3 +317,15 @@ def test_prices_are_pushed_once_a_change_to_the_owners_of_running_strategies_onl
     assert pushed() == [("user:1", {"NSE:INFY": 1510.0})]  # not user 2, who holds TCS only
     listener.push_prices()
     assert pushed() == []  # nothing changed: nothing sent
+    listener.on_ticks([Tick(INFY, 1511.0), Tick(INFY, 1512.0)])
+    listener.pushed_at["NSE:INFY"] = time.monotonic()  # as if pushed just now (waiting above took a second)
+    listener.push_prices()
+    assert pushed() == []  # changed, but pushed less than a second ago: held
+    listener.pushed_at["NSE:INFY"] -= 1.0
+    listener.push_prices()
+    assert pushed() == [("user:1", {"NSE:INFY": 1512.0})]  # the latest price, not each tick
+    runtime.deactivate(redis_conn, mine)  # its run ended: user 1 no longer sees INFY
+    listener.resync()
+    listener.on_ticks([Tick(INFY, 1520.0)])
+    listener.push_prices()
+    assert pushed() == []
