@@ -1,7 +1,7 @@
 // Live updates: a Socket.IO push refreshes the page's live fragments at once; while the socket is down the
 // same fragments are re-fetched every 5 s. The indicator says which: live, polling or offline. Between
-// state changes the listener pushes the prices of the user's instruments (at most once a second each):
-// last prices and P&L are marked here at once, and the chart grows ("live-prices" event).
+// state changes the listener pushes the prices of the user's instruments (within ~100 ms of a change, at most
+// once a second each): last prices and P&L are marked here at once, and the chart grows ("live-prices" event).
 (function () {
   "use strict";
   var POLL_MS = 5000;
