@@ -17,9 +17,11 @@ run: $(STAMP)
 	$(BIN)/flask --app wsgi db upgrade
 	$(BIN)/python -m jobs.run_all
 
-# Browser tests need Debian's chromium; install it when it is missing.
+# Browser tests need Debian's chromium, and an emoji font so names with emoji render (not as empty boxes) in the
+# screenshots; install each when it is missing.
 chromium:
 	@test -x $(CHROMIUM) || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	@fc-list | grep -qi "Noto Color Emoji" || ($(SUDO) apt-get update && $(SUDO) apt-get install -y fonts-noto-color-emoji)
 
 # The suite mostly waits (real processes, a broker with latency): two pytest workers keep it near 6 minutes on
 # 2 cores. Each worker has its own redis-server and databases.
