@@ -66,13 +66,13 @@ def test_the_chart_breaks_at_a_gap_speaks_ist_and_keeps_its_labels_apart(page: P
                          "stop_loss": "1512.50"})
     page.get_by_role("button", name="Create strategy").click()
     page.click("#start-button")
-    expect(page.locator("#status")).to_have_text("waiting entry")
+    expect(page.locator("#status")).to_have_text("Waiting to enter")
     # Ticks each second for 6 s, nothing for 10 s (the gap: > 3 sampling intervals of 2 s), then ticks again.
     rows = [(float(t), "INFY", 1520.0 + 0.5 * t) for t in range(7)] + \
            [(float(t), "INFY", 1523.0 + 0.25 * (t - 17)) for t in range(17, 40)]
     engine.env = {**engine.env, "FEED": csv_feed(tmp_path, "gap", rows)}
     engine.start("listener", "jobs.listener")
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     chart = page.locator("#price-chart")
     expect(chart).to_have_attribute("data-markers", "1", timeout=10_000)
     expect(chart).to_have_attribute("data-gaps", DRAWN_GAP, timeout=20_000)

@@ -39,7 +39,7 @@ def create_and_start(page: Page, base: str, name: str, buy_in: float) -> None:
     page.click("#strategy-form button[type=submit]")
     expect(page.locator("#start-button")).to_be_visible()
     page.click("#start-button")
-    expect(page.locator("#status")).to_have_text("waiting entry")
+    expect(page.locator("#status")).to_have_text("Waiting to enter")
 
 
 def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engine, artifacts):
@@ -51,7 +51,7 @@ def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engin
     expect(page.locator(".flash-success")).to_contain_text("Running: BUY at")
     expect(page.locator("#live-indicator")).to_have_text("live", timeout=10_000)
     page.evaluate("window.notReloaded = true")
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     expect(page.locator(".flash-success")).to_have_count(0)  # "Running: BUY at …" described START's moment
     expect(page.locator("#order-log")).to_contain_text("COMPLETE")
     assert page.evaluate("window.notReloaded === true")  # updated in place
@@ -75,7 +75,7 @@ def test_with_websockets_blocked_the_page_polls_and_still_updates(page, live_ser
     create_and_start(page, live_server, "Polled INFY", buy_in=3)
     expect(page.locator("#live-indicator")).to_have_text("polling", timeout=10_000)
     page.evaluate("window.notReloaded = true")
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     assert page.evaluate("window.notReloaded === true")
     assert page.evaluate("window.liveEvents.length") == 0  # nothing came over a socket
     expect(page.locator("#live-indicator")).to_have_text("polling")
@@ -89,10 +89,14 @@ def rising_feed(engine, tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def shown_as_the_api_says(page: Page, client, headers: dict, sid: int) -> None:  # type: ignore[no-untyped-def]
-    """The page's last price and P&L are the status API's within a second (the listener pushes each second)."""
+    """The page's last price and P&L (panel and run history) are the status API's within a second (the listener pushes each second)."""
     said = client.get(f"/api/v1/strategy/status/{sid}", headers=headers).json
     expect(page.locator("#last-price")).to_have_text(inr(said["last_price"]), timeout=1_500)
     expect(page.locator("#pnl")).to_contain_text(inr(said["pnl"]), timeout=1_500)
+    # The run history's open run is marked by the same pushes, not only at the next state change.
+    expect(page.locator("#unrealised-pnl")).to_contain_text(inr(said["pnl"]), timeout=1_500)
+    expect(page.locator("#run-history-table tr.run-current")).to_contain_text(
+        f"unrealised at {inr(said['last_price'])}", timeout=1_500)
 
 
 def test_prices_and_pnl_tick_on_the_open_page_and_match_the_status_api(page, live_server, engine, client,
@@ -102,7 +106,7 @@ def test_prices_and_pnl_tick_on_the_open_page_and_match_the_status_api(page, liv
     create_and_start(page, live_server, "Ticking INFY", buy_in=3)
     headers = api_login(client, "ticks@example.com")
     sid = int(page.url.rsplit("/", 1)[1])
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     page.evaluate("window.notReloaded = true")
     first = page.locator("#last-price").inner_text()
     expect(page.locator("#last-price")).not_to_have_text(first, timeout=8_000)  # a new tick, no state change
@@ -119,7 +123,7 @@ def test_with_websockets_blocked_prices_still_change_by_polling(page, live_serve
     rising_feed(engine, tmp_path)
     sign_up(page, live_server, "ticks-polled@example.com")
     create_and_start(page, live_server, "Polled ticks", buy_in=3)
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     page.evaluate("window.notReloaded = true")
     first = page.locator("#last-price").inner_text()
     expect(page.locator("#last-price")).not_to_have_text(first, timeout=12_000)  # the 5 s poll
@@ -135,7 +139,7 @@ def test_a_user_never_receives_another_users_updates(browser, live_server, engin
     a.goto(f"{live_server}/strategies")
     expect(a.locator("#live-indicator")).to_have_text("live", timeout=10_000)
     expect(b.locator("#live-indicator")).to_have_text("live", timeout=10_000)
-    expect(b.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(b.locator("#status")).to_have_text("In position", timeout=15_000)
     assert b.evaluate("window.liveEvents.length") >= 1
     assert a.evaluate("window.liveEvents.length") == 0
     a_context.close()
@@ -152,7 +156,7 @@ def test_admin_kill_switch_in_the_browser(browser, live_server, engine, app, art
     trader, admin = trader_context.new_page(), admin_context.new_page()
     sign_up(trader, live_server, "held@example.com")
     create_and_start(trader, live_server, "Held INFY", buy_in=2)
-    expect(trader.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(trader.locator("#status")).to_have_text("In position", timeout=15_000)
     sign_up(admin, live_server, "root@example.com")
     db_update(app, User, db_scalar(app, select(User.id).where(User.email == "root@example.com")), is_admin=True)
     admin.goto(f"{live_server}/admin")
@@ -161,7 +165,7 @@ def test_admin_kill_switch_in_the_browser(browser, live_server, engine, app, art
     admin.fill("#kill-confirmation", "KILL")
     admin.click("#kill-button")
     expect(admin.locator("#kill-switch")).to_contain_text("ENGAGED for user 1")
-    expect(trader.locator("#status")).to_have_text("killed", timeout=15_000)  # pushed to the trader's page
+    expect(trader.locator("#status")).to_have_text("Halted by the admin", timeout=15_000)  # pushed to the trader's page
     expect(trader.locator("#order-log")).to_contain_text("KILL")
     admin.screenshot(path=str(artifacts / "admin-1280x800.png"), full_page=True)
     admin.set_viewport_size({"width": 390, "height": 844})

@@ -40,12 +40,12 @@ def test_a_trailing_stop_on_the_strategy_page(page: Page, live_server, engine, a
     form.locator("#f-trail_by").fill("2")
     page.get_by_role("button", name="Create strategy").click()
     page.click("#start-button")
-    expect(page.locator("#status")).to_have_text("waiting entry")
+    expect(page.locator("#status")).to_have_text("Waiting to enter")
     # Flat until well after the fill, then up 4 a second three times (each move of the stop: +2), then still.
     prices = [ENTRY] * 9 + [ENTRY + 4, ENTRY + 8, ENTRY + 12] + [ENTRY + 11] * 48
     engine.env = {**engine.env, "FEED": csv_feed(tmp_path, "ticks", [(t, "INFY", p) for t, p in enumerate(prices)])}
     engine.start("listener", "jobs.listener")
-    expect(page.locator("#status")).to_have_text("in position", timeout=15_000)
+    expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     facts = page.locator("#strategy-panel dl.facts").first
     expect(facts).to_contain_text("₹1,560.35 (40 pts above entry)")  # the target, resolved from the fill
     expect(facts).to_contain_text("every 4 pts in favour, move 2 pts")

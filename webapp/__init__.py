@@ -62,6 +62,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp import cli, http, live, money
     from webapp.market_calendar import IST
 
+    from webapp.services.history import describe as status_words
     from webapp.strategies.terms_text import facts, pnl_attrs
 
     app.add_template_filter(lambda moment: moment.astimezone(IST).strftime("%H:%M:%S"), "ist")
@@ -86,6 +87,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     app.add_template_filter(ist_datetime, "ist_datetime")
     app.add_template_global(facts, "strategy_facts")
     app.add_template_global(pnl_attrs, "pnl_attrs")
+    app.add_template_global(status_words, "describe")  # a status code in the words a trader uses
     app.add_template_filter(money.inr, "inr")
     app.add_template_filter(money.percent, "percent")
 

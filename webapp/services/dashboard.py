@@ -8,7 +8,6 @@ from webapp import clock
 from webapp.models import Strategy
 from webapp.services import broker_accounts, risk, status
 from webapp.services import strategies as service
-from webapp.services.history import describe
 
 RANK = {"in_position": 0, "waiting_entry": 1}
 DONE = {"completed", "stopped_loss", "target_hit", "stopped", "failed", "killed"}
@@ -45,4 +44,4 @@ def context() -> dict:
     strategies = service.list_for(current_user)
     states = {s.id: status.for_page(s) for s in strategies}
     return {"strategies": ordered(strategies, states), "states": states, "stale": status.stale_symbols(),
-            "summary": summary(current_user, strategies, states), "describe": describe}
+            "summary": summary(current_user, strategies, states)}
