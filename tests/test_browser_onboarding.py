@@ -201,3 +201,70 @@ def test_new_strategy_form_errors_at_phone_width(app, live_server: str, browser:
         assert problems == []
     finally:
         context.close()
+
+
+LONG_NAME = "W" * 80  # 80 characters and no space to break at
+SIZES = {"desktop": DESKTOP, "phone": PHONE}
+
+
+@pytest.mark.parametrize("size", ["desktop", "phone"])
+def test_every_page_at_desktop_and_phone_size(app, live_server: str, browser: Browser, artifacts: Path,
+                                              size: str) -> None:
+    """Every page, logged out and in (as an admin), at 1280x800 and at 390x844: no sideways scrolling, a
+    screenshot of each ({size}-{page}-{w}x{h}.png), and on a phone no button in the page under 40 px tall."""
+    from tests.helpers import db_update
+    from webapp.models import User
+
+    base, viewport = live_server, SIZES[size]
+    phone = size == "phone"
+    context = browser.new_context(viewport=viewport, is_mobile=phone, has_touch=phone)
+    try:
+        page = context.new_page()
+        problems = watch_for_errors(page)
+
+        def shoot(name: str) -> None:
+            assert page.evaluate("window.innerWidth") == viewport["width"]
+            scroll_width = page.evaluate("document.documentElement.scrollWidth")
+            assert scroll_width <= viewport["width"], f"{name} is {scroll_width}px wide"
+            page.screenshot(path=str(artifacts / f"{size}-{name}-{viewport['width']}x{viewport['height']}.png"),
+                            full_page=True)
+            if phone:
+                small = page.evaluate("""[...document.querySelectorAll('main button, main [role=button]')]
+                    .filter(b => b.offsetParent !== null && b.getBoundingClientRect().height < 40)
+                    .map(b => b.textContent.trim())""")
+                assert small == [], (name, small)
+
+        for path, name in (("/login", "login"), ("/register", "register")):
+            page.goto(base + path)
+            shoot(name)
+
+        register(page, base, f"{size}@example.com")
+        for field, label in (("api_key", "API key"), ("api_secret", "API secret"), ("access_token", "Access token")):
+            page.get_by_label(label, exact=True).fill(PAPER_CREDENTIALS[field])
+        page.get_by_role("button", name="Connect").click()
+        expect(page).to_have_url(url(base, "/strategies"))
+        db_update(app, User, db_scalar(app, select(User.id)), is_admin=True)
+
+        for values in ({**STRATEGY, "name": LONG_NAME}, {**STRATEGY, "name": "Rocket 🚀 TCS", "symbol": "TCS"}):
+            page.goto(base + "/strategies/new")
+            fill_strategy(page, values)
+            page.get_by_role("button", name="Create strategy").click()
+            expect(page).to_have_url(re.compile(re.escape(base) + r"/strategies/\d+$"))
+        strategy_id = db_scalar(app, select(func.min(Strategy.id)))
+
+        for path, name in (("/strategies", "dashboard"), ("/strategies/new", "new-strategy"),
+                           (f"/strategies/{strategy_id}", "strategy"), (f"/strategies/{strategy_id}/edit", "edit-strategy"),
+                           ("/broker", "broker"), ("/settings/risk", "risk-limits"), ("/admin", "admin")):
+            page.goto(base + path)
+            expect(page.locator("main h1")).to_be_visible()
+            shoot(name)
+
+        # The time fields speak 24-hour IST whatever the browser's locale: plain text, HH:MM or HH:MM:SS.
+        page.goto(f"{base}/strategies/{strategy_id}/edit")
+        for field, value in (("buy_time", "09:20:00"), ("sell_time", "15:00:00")):
+            time_input = page.locator(f"#f-{field}")
+            expect(time_input).to_have_attribute("type", "text")
+            expect(time_input).to_have_value(value)
+        assert problems == []
+    finally:
+        context.close()
