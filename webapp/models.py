@@ -45,6 +45,13 @@ class User(UserMixin, db.Model):
     # Risk limits over all the user's strategies (webapp/services/risk.py); None: no limit.
     daily_loss_limit: Mapped[Decimal | None] = mapped_column(Money, nullable=True)  # rupees, positive
     max_open_positions: Mapped[int | None] = mapped_column(nullable=True)
+    # Two-factor login (webapp/services/two_factor.py): the TOTP secret, Fernet-encrypted like broker secrets;
+    # set while enrolling and kept once enabled. totp_last_step is the time-step (unix time // 30) of the last
+    # code accepted: a code of that step or an earlier one is refused, so no code works twice.
+    totp_secret_enc: Mapped[bytes | None] = mapped_column(db.LargeBinary, nullable=True)
+    totp_enabled: Mapped[bool] = mapped_column(default=False, server_default=false())
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    totp_last_step: Mapped[int | None] = mapped_column(db.BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     broker_accounts: Mapped[list[BrokerAccount]] = relationship(back_populates="user", cascade="all, delete-orphan")
@@ -196,6 +203,33 @@ class OrderLog(db.Model):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     strategy: Mapped[Strategy] = relationship(back_populates="orders")
+
+
+class RecoveryCode(db.Model):
+    """One of a user's ten one-time codes for when the authenticator app is lost: stored hashed (salted per
+    code), shown once when two-factor is enabled, spent when used."""
+
+    __tablename__ = "recovery_codes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(db.String(255))
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(db.Model):
+    """A per-user key for JSON API clients ("ak_<prefix>_<secret>"): only its SHA-256 is stored; the prefix
+    finds the row and names the key to its owner. Works as a bearer token until revoked."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(db.String(80))
+    prefix: Mapped[str] = mapped_column(db.String(16), unique=True, index=True)
+    key_hash: Mapped[str] = mapped_column(db.String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditEvent(db.Model):
