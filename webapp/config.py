@@ -46,6 +46,10 @@ class Config:
         self.API_TOKEN_TTL_SECONDS = int(os.environ.get("API_TOKEN_TTL_SECONDS", str(12 * 3600)))
         self.LOGIN_LIMIT_PER_IP = os.environ.get("LOGIN_LIMIT_PER_IP", "20 per minute")
         self.LOGIN_LIMIT_PER_ACCOUNT = os.environ.get("LOGIN_LIMIT_PER_ACCOUNT", "5 per minute")
+        # Two-factor login (webapp/services/two_factor.py): admins must have it on before any admin page works;
+        # after the password, the code must follow within TWO_FACTOR_PENDING_SECONDS.
+        self.ADMIN_TWO_FACTOR_REQUIRED = _bool("ADMIN_TWO_FACTOR_REQUIRED", True)
+        self.TWO_FACTOR_PENDING_SECONDS = int(os.environ.get("TWO_FACTOR_PENDING_SECONDS", "300"))
         self.RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI", self.REDIS_URL)
         self.RATELIMIT_HEADERS_ENABLED = True
         # A worker's order threads and its committer each use a connection for a moment; past pool_size an
