@@ -2,7 +2,7 @@
 area does not even announce itself."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, jsonify, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -19,11 +19,17 @@ MAX_ID = 2**31 - 1  # user ids are the database's INTEGER
 
 
 @bp.before_request
-def _admins_only() -> None:
+def _admins_only():  # type: ignore[no-untyped-def]
     """The role is checked before CSRF (the blueprint is CSRF-exempt at app level), so a non-admin's post
-    gets the same 404 as a get, not a 400 that would give the route away."""
+    gets the same 404 as a get, not a 400 that would give the route away. An admin without two-factor login
+    (while ADMIN_TWO_FACTOR_REQUIRED) is sent to set it up on the Security page."""
     if not (current_user.is_authenticated and current_user.is_admin):
         abort(404)
+    if current_app.config["ADMIN_TWO_FACTOR_REQUIRED"] and not current_user.totp_enabled:
+        # Never a 403 that locks an admin out: the way in is to turn two-factor login on, here.
+        flash("Admins need two-factor login: turn it on below, then the admin pages (kill switch included) open.",
+              "info")
+        return redirect(url_for("settings.security") + "#two-factor", code=303)
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()
 
@@ -109,6 +115,15 @@ def audit_text(event: AuditEvent, emails: dict[int, str]) -> str:
         return (f"daily loss limit hit for {subject} on {d.get('trading_day', '—')}: P&L {_money(d.get('pnl'))} "
                 f"against a limit of {_money(d.get('daily_loss_limit'))}, "
                 f"{_count(d.get('open_positions', 0), 'open position', 'open positions')} squared off")
+    if action in ("two_factor_enabled", "two_factor_disabled"):
+        return f"two-factor login turned {'on' if action.endswith('enabled') else 'off'} by {subject}"
+    if action == "recovery_code_used":
+        return f"{subject} used a recovery code ({_plain(d.get('remaining'))} left)"
+    if action == "recovery_codes_regenerated":
+        return f"{subject} made new recovery codes"
+    if action in ("api_key_created", "api_key_revoked"):
+        return (f"API key “{d.get('name', '—')}” (ak_{d.get('prefix', '—')}) of {subject} "
+                f"{action.removeprefix('api_key_')}")
     if action == "risk_limits_changed":
         changes = [f"{str(k).replace('_', ' ')} {_plain(v.get('from'))} → {_plain(v.get('to'))}"
                    for k, v in d.items() if isinstance(v, dict)]

@@ -49,3 +49,6 @@ def _day_halt() -> dict:
             log.exception("day halt unreadable", extra={"event": "day_halt_unreadable"})
             return None
     return {"day_halt": day_halt}
+
+
+from webapp.settings import security  # noqa: E402,F401  (the Security page: two-factor login and API keys)
