@@ -1,5 +1,6 @@
-"""JSON API, /api/v1. Authenticated by `Authorization: Bearer <token>` (from /auth/login) or by the
-browser session; session-authenticated writes must carry the CSRF token like any form."""
+"""JSON API, /api/v1. Authenticated by `Authorization: Bearer <token>` (from /auth/login), by
+`Authorization: Bearer ak_…` (a per-user API key, webapp/services/api_keys.py) or by the browser session;
+session-authenticated writes must carry the CSRF token like any form."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from webapp.api import tokens
 from webapp.extensions import csrf, db
 from webapp.http import json_error
 from webapp.models import User
+from webapp.services import api_keys
 from webapp.services.errors import ValidationFailed
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -25,8 +27,9 @@ def _authenticate() -> None:
     if header:
         # An Authorization header is the only credential then: a bad token never falls back to cookies.
         scheme, _, token = header.partition(" ")
+        token = token.strip()
         if scheme.lower() == "bearer" and token:
-            g.api_user_id = tokens.user_id(token.strip())
+            g.api_user_id = api_keys.user_id(token) if api_keys.looks_like_key(token) else tokens.user_id(token)
         return
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -75,3 +78,4 @@ def json_body() -> dict:
 from webapp.api import routes  # noqa: E402,F401  (registers the routes on bp)
 from webapp.api import risk  # noqa: E402,F401  (GET/PUT /api/v1/risk)
 from webapp.api import history  # noqa: E402,F401  (run history and CSV exports)
+from webapp.api import keys  # noqa: E402,F401  (API keys: list, create, revoke)

@@ -194,6 +194,27 @@ CREDENTIALS = {
     "example": {"email": "trader@example.com", "password": "correct horse 42"},
 }
 
+LOGIN = {**CREDENTIALS, "properties": {
+    **CREDENTIALS["properties"],
+    "totp": {"type": "string", "description": "required when two-factor login is on: the 6-digit code from the "
+                                              "authenticator app (or a recovery code, which is then spent)"}}}
+API_KEY = {
+    "type": "object",
+    "required": ["id", "name", "prefix", "created_at", "last_used_at", "revoked_at", "active"],
+    "properties": {
+        "id": {"type": "integer"},
+        "name": {"type": "string"},
+        "prefix": {"type": "string", "description": "the key's start, ak_<prefix>, to tell keys apart; the key "
+                                                    "itself is shown only when created"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "last_used_at": {"type": "string", "format": "date-time", "nullable": True,
+                         "description": "updated at most once a minute"},
+        "revoked_at": {"type": "string", "format": "date-time", "nullable": True},
+        "active": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
+
 
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
@@ -259,6 +280,32 @@ RISK_PATHS = {"/api/v1/risk": {
             "security": SECURED,
             "requestBody": {"required": True, "content": {"application/json": {"schema": RISK_INPUT}}},
             "responses": {"200": _json(RISK, "the limits as they now are"), **_errors(400, 401, 422)}}}}
+
+API_KEY_PATHS = {
+    "/api/v1/api-keys": {
+        "get": {"summary": "Your API keys, revoked ones included (never the keys themselves)", "security": SECURED,
+                "responses": {"200": _json({"type": "object", "required": ["api_keys"],
+                                            "properties": {"api_keys": {"type": "array", "items": API_KEY}}},
+                                           "keys, oldest first"), **_errors(401)}},
+        "post": {"summary": "Create an API key: send it as 'Authorization: Bearer ak_…' on every route until "
+                            "revoked. The key is in this answer only. Audited.",
+                 "security": SECURED,
+                 "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                     "type": "object", "properties": {"name": {"type": "string", "maxLength": 80,
+                                                               "description": "what uses it (default 'API key')"}},
+                     "example": {"name": "phone dashboard"}}}}},
+                 "responses": {"201": _json({"type": "object", "required": ["api_key", "key"],
+                                             "properties": {"api_key": API_KEY,
+                                                            "key": {"type": "string", "pattern": "^ak_"}}},
+                                            "created"), **_errors(400, 401, 422)}},
+    },
+    "/api/v1/api-keys/{key_id}": {
+        "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
+        "delete": {"summary": "Revoke an API key: refused from the next request on, in every process. Audited.",
+                   "security": SECURED,
+                   "responses": {"204": {"description": "revoked (or already revoked)"}, **_errors(401, 404)}},
+    },
+}
 
 MONEY_OR_NULL = {"type": "string", "nullable": True, "pattern": r"^-?\d+\.\d{2}$",
                  "description": "a decimal string with two places (rupees, or percent for pnl_percent); no ₹, no "
@@ -370,7 +417,9 @@ SPEC = {
     "info": {"title": "Algo trading API", "version": "1.0.0",
              "description": "Strategies that BUY at buy_time, SELL at sell_time and exit on a stop-loss."},
     "servers": [{"url": "/"}],
-    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+        "description": "a token from /api/v1/auth/login, or an API key (ak_…) from /api/v1/api-keys"}}},
     "paths": {
         "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
             "description": "OpenAPI document", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
@@ -380,8 +429,10 @@ SPEC = {
             "responses": {"201": _json(TOKEN, "registered"), **_errors(422)},
         }},
         "/api/v1/auth/login": {"post": {
-            "summary": "Exchange email and password for a bearer token (rate-limited per IP and per account)",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": CREDENTIALS}}},
+            "summary": "Exchange email and password (and, with two-factor login on, the current code as totp) for "
+                       "a bearer token (rate-limited per IP and per account). 401 TOTP_REQUIRED: the account has "
+                       "two-factor login on; scripts should use an API key instead",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": LOGIN}}},
             "responses": {"200": _json(TOKEN, "logged in"), **_errors(401, 422, 429)},
         }},
         "/api/v1/broker": {"get": {
@@ -468,5 +519,6 @@ SPEC = {
         },
         **RISK_PATHS,
         **HISTORY_PATHS,
+        **API_KEY_PATHS,
     },
 }

@@ -8,7 +8,7 @@ from webapp.auth import login_rate_limited
 from webapp.brokers import BrokerAuthFailed
 from webapp.services import lifecycle
 from webapp.http import json_error
-from webapp.services import accounts, broker_accounts, status
+from webapp.services import accounts, broker_accounts, status, two_factor
 from webapp.services import strategies as service
 from webapp.services.errors import ValidationFailed
 from webapp.services.strategies import NotEditable
@@ -45,6 +45,14 @@ def login():  # type: ignore[no-untyped-def]
     user = accounts.authenticate(body.get("email"), body.get("password"))
     if user is None:
         return json_error(401, "Wrong email or password.", code="INVALID_CREDENTIALS")
+    if user.totp_enabled:
+        # Two-factor login is on: the code (or a recovery code) too. Scripts use an API key instead.
+        if not isinstance(body.get("totp"), str) or not body["totp"].strip():
+            return json_error(401, "Two-factor login is on for this account: send the current 6-digit code from "
+                                   "your authenticator app as \"totp\", or use an API key.", code="TOTP_REQUIRED")
+        outcome = two_factor.check_code(user, body["totp"])
+        if outcome is not two_factor.Outcome.OK:
+            return json_error(401, two_factor.MESSAGES[outcome], code="INVALID_TOTP")
     return _token_response(user)
 
 
