@@ -185,10 +185,10 @@ def listener_throughput(strategies: int = 10_000, symbols: int = 500, batches: i
 
 
 from tests.bench import broker  # noqa: E402
-from tests.bench.live import dom_latency, status_throughput  # noqa: E402
+from tests.bench.live import dom_latency, status_throughput, tick_to_dom  # noqa: E402
 from tests.bench.trailing import trailing  # noqa: E402
 
-SCENARIOS = {"broker": broker.herd, "dom": dom_latency, "status": status_throughput, "latency": latency, "lateness": lateness, "herd": herd, "listener": listener_throughput,
+SCENARIOS = {"broker": broker.herd, "dom": dom_latency, "status": status_throughput, "ticks": tick_to_dom, "latency": latency, "lateness": lateness, "herd": herd, "listener": listener_throughput,
              "tick": tick_to_order, "trailing": trailing}
 
 if __name__ == "__main__":

@@ -241,3 +241,33 @@ def redis_rtt_ms(url: str, samples: int = 300) -> list[float]:
         values.append((time.perf_counter() - started) * 1000)
         time.sleep(0.005)
     return values
+
+
+def kite_instruments(path: Path, count: int, price: float = 1000.0) -> dict[str, int]:
+    """Like synthetic_instruments, but with tokens as Kite builds them for NSE equity (exchange_token << 8 | 1),
+    so the Kite ticker protocol packs their prices in paise (a token's low byte is its segment: e.g. 3, CDS,
+    would scale by 10^7). Returns symbol → instrument_token."""
+    tokens = {f"SYM{n:03d}": (300000 + n) << 8 | 1 for n in range(count)}
+    rows = [f"{token},{token >> 8},{sym},SYNTHETIC {sym},{price:.2f},,0,0.05,1,EQ,NSE,NSE"
+            for sym, token in tokens.items()]
+    path.write_text("instrument_token,exchange_token,tradingsymbol,name,last_price,expiry,strike,tick_size,"
+                    "lot_size,instrument_type,segment,exchange\n" + "\n".join(rows) + "\n")
+    return tokens
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of a process and all its descendants so far; gone processes count 0."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return total
