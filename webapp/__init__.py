@@ -46,6 +46,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     from webapp.auth import bp as auth_bp
     from webapp.broker_pages import bp as broker_bp
     from webapp.main import bp as main_bp
+    from webapp.notification_pages import bp as notifications_bp
     from webapp.settings import bp as settings_bp
     from webapp.strategies import bp as strategies_bp
 
@@ -56,6 +57,7 @@ def create_app(overrides: dict | None = None, process_name: str = "web") -> Flas
     app.register_blueprint(api_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(settings_bp)
+    app.register_blueprint(notifications_bp)
     csrf.exempt(api_bp)  # the API checks CSRF itself, only for cookie-authenticated requests
     csrf.exempt(admin_bp)  # checked after the admin role, so non-admins see 404 everywhere
 

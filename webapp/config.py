@@ -134,6 +134,27 @@ class Config:
         # and how long it waits for a user's START to finish (keys.user_lock) before halting them anyway.
         self.RISK_CHECK_SECONDS = float(os.environ.get("RISK_CHECK_SECONDS", "1"))
         self.RISK_LOCK_WAIT_SECONDS = float(os.environ.get("RISK_LOCK_WAIT_SECONDS", "2"))
+        # Notifications (webapp/services/notifications.py, sent by jobs/notifier.py). Telegram: the operator's one
+        # bot (its token from @BotFather); users link their chat with a one-time code. Email: an SMTP relay.
+        # A channel left unconfigured is not offered.
+        self.PUBLIC_URL = os.environ.get("PUBLIC_URL", f"http://127.0.0.1:{os.environ.get('PORT', '5000')}").rstrip("/")
+        self.TELEGRAM_BOT_TOKEN = os.environ.get("TELEGRAM_BOT_TOKEN", "")
+        self.TELEGRAM_BOT_USERNAME = os.environ.get("TELEGRAM_BOT_USERNAME", "")  # for a t.me link on the page
+        self.TELEGRAM_API_ROOT = os.environ.get("TELEGRAM_API_ROOT", "https://api.telegram.org")
+        self.SMTP_HOST = os.environ.get("SMTP_HOST", "")
+        self.SMTP_PORT = int(os.environ.get("SMTP_PORT", "587"))
+        self.SMTP_USER = os.environ.get("SMTP_USER", "")
+        self.SMTP_PASSWORD = os.environ.get("SMTP_PASSWORD", "")
+        self.SMTP_STARTTLS = _bool("SMTP_STARTTLS", True)
+        self.SMTP_FROM = os.environ.get("SMTP_FROM", "Algo <alerts@localhost>")
+        # Each user's messages on a channel: at most this many a minute (the rest wait their turn); a failed
+        # send is tried again after 2, 4, 8 ... s (up to NOTIFY_RETRY_MAX_SECONDS), NOTIFY_MAX_ATTEMPTS times.
+        self.NOTIFY_PER_MINUTE = int(os.environ.get("NOTIFY_PER_MINUTE", "20"))
+        self.NOTIFY_MAX_ATTEMPTS = int(os.environ.get("NOTIFY_MAX_ATTEMPTS", "8"))
+        self.NOTIFY_RETRY_MAX_SECONDS = float(os.environ.get("NOTIFY_RETRY_MAX_SECONDS", "300"))
+        # The morning "log in to Kite" reminder (IST, trading days, Kite accounts whose session is not valid).
+        self.LOGIN_REMINDER_TIME = os.environ.get("LOGIN_REMINDER_TIME", "08:45:00")
+        self.TELEGRAM_POLL_SECONDS = int(os.environ.get("TELEGRAM_POLL_SECONDS", "20"))  # getUpdates long poll
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 
     def as_dict(self) -> dict:

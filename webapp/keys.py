@@ -100,3 +100,17 @@ def user_lock(user_id: int) -> str:
     """Held while a user's START counts their running strategies and commits its run, and while the risk
     watcher halts the user (webapp/services/risk.py): one user's STARTs and halt are taken one at a time."""
     return f"{PREFIX}user:{user_id}:lock"
+
+
+def telegram_link(code: str) -> str:
+    """A one-time code a user sends the bot to link their chat (→ user id), expiring."""
+    return f"{PREFIX}telegram:link:{code}"
+
+
+def telegram_confirm(chat_id: int) -> str:
+    """A Telegram command waiting for its confirmation code (JSON: command, code), expiring."""
+    return f"{PREFIX}telegram:confirm:{chat_id}"
+
+
+TELEGRAM_OFFSET = f"{PREFIX}telegram:offset"  # the next getUpdates offset: updates before it are handled
+NOTIFIER_HEARTBEAT = f"{PREFIX}heartbeat:notifier"

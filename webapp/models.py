@@ -282,3 +282,47 @@ def kill_switch_for(user_id: int) -> KillSwitch | None:
     """The switch that halts this user's trading, if any (global or theirs)."""
     return db.session.scalar(select(KillSwitch).where(
         KillSwitch.released_at.is_(None), or_(KillSwitch.user_id.is_(None), KillSwitch.user_id == user_id)))
+
+
+class Notification(db.Model):
+    """Something a trader is told (a fill, a stop-loss hit, a skipped day...), written in the same transaction
+    as the change it describes, so a committed fill always has its notice and a rolled-back one never does.
+    The notifier process turns each into deliveries on the channels the user opted into; nothing in the order
+    path ever talks to a channel."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    strategy_id: Mapped[int | None] = mapped_column(db.ForeignKey("strategies.id", ondelete="CASCADE"),
+                                                    nullable=True)
+    kind: Mapped[str] = mapped_column(db.String(24))  # webapp/engine/notices.py KINDS
+    data: Mapped[dict] = mapped_column(db.JSON, default=dict)
+    dedupe: Mapped[str | None] = mapped_column(db.String(80), nullable=True, unique=True)  # once-only notices
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+
+
+class NotificationDelivery(db.Model):
+    """One notification on one channel: pending until sent, retried with backoff, failed after the last try."""
+
+    __tablename__ = "notification_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    notification_id: Mapped[int] = mapped_column(db.ForeignKey("notifications.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    channel: Mapped[str] = mapped_column(db.String(8))  # telegram | email
+    status: Mapped[str] = mapped_column(db.String(8), default="pending")  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_try_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(db.Text, nullable=True)
+
+
+class NotificationSettings(db.Model):
+    """A user's channels and, for each, the kinds they opted into (comma-separated KINDS names)."""
+
+    __tablename__ = "notification_settings"
+    user_id: Mapped[int] = mapped_column(db.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    telegram_chat_id: Mapped[int | None] = mapped_column(db.BigInteger, nullable=True, unique=True)
+    telegram_linked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    telegram_kinds: Mapped[str] = mapped_column(db.String(255), default="", server_default="")
+    email_kinds: Mapped[str] = mapped_column(db.String(255), default="", server_default="")

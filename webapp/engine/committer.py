@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from flask import Flask
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, insert, update
 
 from webapp import process_local
 from webapp.extensions import db
-from webapp.models import OrderLog, Strategy
+from webapp.models import Notification, OrderLog, Strategy
 
 log = logging.getLogger("engine.committer")
 
@@ -44,6 +44,7 @@ class Result:
     row_values: dict
     strategy_id: int
     strategy_values: dict
+    notices: list[dict] = field(default_factory=list)  # notification rows told with this result
     context: Any = None  # the caller's, handed back to on_committed
     done: threading.Event = field(default_factory=threading.Event)
     recorded: bool = False
@@ -107,6 +108,8 @@ class Committer:
                 if result.recorded:
                     conn.execute(_STRATEGY, {"strategy_id": result.strategy_id,
                                              **{f"new_{k}": v for k, v in result.strategy_values.items()}})
+                    if result.notices:
+                        conn.execute(insert(Notification), result.notices)
 
 
 def committer(app: Flask, on_committed: Callable[[list[Result]], None]) -> Committer:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import clock, live, redis_client
 from webapp.brokers import Broker, BrokerAuthFailed, BrokerError, OrderState, get_broker
-from webapp.engine import exits, lateness, runtime, schedule
+from webapp.engine import exits, lateness, notices, runtime, schedule
 from webapp.engine.events import BUY, FAIL, KILL, SELL, STOP, STOPLOSS, TARGET, Event
 from webapp.engine.committer import STRATEGY_RESULT, Result, committer
 from webapp.engine.locks import Held, Locks, locks
@@ -44,7 +44,7 @@ from webapp.engine.orders import (
     request_for,
 )
 from webapp.extensions import db
-from webapp.models import AuditEvent, BrokerAccount, OrderLog, Strategy
+from webapp.models import AuditEvent, BrokerAccount, Notification, OrderLog, Strategy
 from webapp.state_machine import RUNNING, TERMINAL, Status, can_transition, event_may_act
 
 log = logging.getLogger("engine")
@@ -53,6 +53,7 @@ EXIT_STATUS = {SELL: Status.COMPLETED, STOPLOSS: Status.STOPPED_LOSS, TARGET: St
                KILL: Status.KILLED}
 LOCK_WAIT_SECONDS = 30
 FLAGGED = "flagged_strategies"  # session.info: other strategies this unit of work changed, to publish after commit
+NOTICES = "notices"  # session.info: notification rows (notices.row) to write with this unit of work's result
 PARTIAL = "partial"  # an exit that filled part of the position: the rest is tried again
 PUBLISH_RETRIES = (0.05, 0.2, 1.0, None)  # pauses between tries of the Redis update after a commit
 PREPARE_CHUNK = 50  # events prepared (one query, one commit) before their orders are handed to the pool
@@ -301,7 +302,9 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held, 
     owns the row, then published (and the lock given back when `release`). The common case goes through the
     process's group committer, which publishes its whole group in one round trip; a result that also writes
     an audit event or flags other strategies commits in this thread's session."""
+    told = db.session.info.pop(NOTICES, [])
     if db.session.new or db.session.info.get(FLAGGED):
+        db.session.add_all(Notification(**notice) for notice in told)
         if not record(row, values, held):
             db.session.rollback()
             return False
@@ -310,7 +313,8 @@ def _commit_result(strategy: Strategy, row: OrderLog, values: dict, held: Held, 
         _publish([strategy], db.session.info.pop(FLAGGED, []))
         return True
     result = Result(row.id, held.token, values, strategy.id,
-                    {name: getattr(strategy, name) for name in STRATEGY_RESULT}, context=(strategy, held, release))
+                    {name: getattr(strategy, name) for name in STRATEGY_RESULT}, notices=told,
+                    context=(strategy, held, release))
     recorded = committer(current_app._get_current_object(), _committed).commit(result)
     if strategy in db.session:
         db.session.expunge(strategy)  # written by the committer: this session must not write it again
@@ -336,8 +340,11 @@ def _exit_too_late(strategy: Strategy, event: Event, late: str) -> str:
             log.warning("position squared off by the broker at the MIS cut-off", extra=_ids(
                 event, strategy, position=strategy.position))
             strategy.position, strategy.last_action = 0, event.event
-            return _finish(strategy, EXIT_STATUS[event.event], "squared off by the broker at the MIS cut-off "
-                                                               "(its positions show none left)")
+            outcome = _finish(strategy, EXIT_STATUS[event.event], "squared off by the broker at the MIS cut-off "
+                                                                  "(its positions show none left)")
+            db.session.add(Notification(**notices.exit_filled(strategy, event.event, exits.exit_side(
+                strategy.direction), 0, None, strategy.status_reason)))
+            return outcome
     return _fail(strategy, event, f"exit not sent ({late}); position of {strategy.position} still open: "
                                   f"check it at your broker")
 
@@ -433,6 +440,7 @@ def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:
             log.warning("entry partly filled", extra=_ids(event, strategy, quantity=filled, asked=strategy.quantity))
         log.info("entered position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price),
                                                 stop=str(levels.stop), target=str(levels.target)))
+        _notice(notices.entry_filled(strategy, exits.entry_side(strategy.direction), filled, state.average_price))
         return f"{'sold short' if strategy.direction == exits.SHORT else 'bought'} {filled} @ {state.average_price}"
     held = strategy.position
     if filled <= 0:
@@ -447,6 +455,8 @@ def _apply(strategy: Strategy, event: Event, state: OrderState) -> str:
         return PARTIAL
     log.info("exited position", extra=_ids(event, strategy, quantity=filled, price=str(state.average_price)))
     _finish(strategy, EXIT_STATUS[event.event], _reason(event))
+    _notice(notices.exit_filled(strategy, event.event, exits.exit_side(strategy.direction), held, state.average_price,
+                                strategy.status_reason))
     verb = "bought back" if strategy.direction == exits.SHORT else "sold"
     return f"{verb} {filled} @ {state.average_price} ({event.event})"
 
@@ -489,10 +499,16 @@ def _fail(strategy: Strategy, event: Event, reason: str, position_unknown: bool 
                               severity="critical" if at_risk else "error",
                               detail={"reason": reason, "event_id": event.event_id, "position": strategy.position,
                                       "position_unknown": position_unknown}))
+    db.session.add(notices.failed(strategy, event.event, reason, at_risk))
     level = logging.CRITICAL if at_risk else logging.ERROR
     log.log(level, "strategy failed" + (" with money at risk" if at_risk else ""),
             extra=_ids(event, strategy, reason=reason, position=strategy.position))
     return _finish(strategy, Status.FAILED, reason[:255])
+
+
+def _notice(notice: dict) -> None:
+    """A notification written with this unit of work's result (its transaction, whichever path commits it)."""
+    db.session.info.setdefault(NOTICES, []).append(notice)
 
 
 def _mark_login_required(strategy: Strategy) -> None:

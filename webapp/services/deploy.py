@@ -26,7 +26,8 @@ from sqlalchemy import exists, func, select
 from webapp import clock, live, redis_client
 from webapp.extensions import db
 from webapp.market_calendar import IST, exchange_date, instant, is_trading_day, parse_time
-from webapp.models import AuditEvent, Run, Strategy
+from webapp.engine import notices
+from webapp.models import AuditEvent, Notification, Run, Strategy
 from webapp.services import lifecycle
 from webapp.state_machine import is_running
 
@@ -187,6 +188,8 @@ def skip_day(strategy: Strategy, day: date, why: str) -> Run:
     db.session.add(AuditEvent(actor_user_id=None, subject_user_id=strategy.user_id, strategy_id=strategy.id,
                               action="run_skipped", severity="warning",
                               detail={"run_date": day.isoformat(), "reason": reason}))
+    db.session.add(Notification(**notices.row(notices.DAY_SKIPPED, strategy.user_id, strategy.id,
+                                              run_date=day.isoformat(), reason=reason)))
     db.session.commit()
     log.warning("run skipped", extra={"event": "run_skipped", "strategy_id": strategy.id, "user_id": strategy.user_id,
                                       "run_id": run.id, "run_date": day.isoformat(), "reason": reason})

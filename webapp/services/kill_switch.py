@@ -7,11 +7,11 @@ import logging
 from sqlalchemy import select
 
 from webapp import clock, redis_client
-from webapp.engine import dispatch
+from webapp.engine import dispatch, notices
 from webapp.engine.events import KILL, Event
 from webapp.extensions import db
 from webapp.market_calendar import IST
-from webapp.models import AuditEvent, KillSwitch, Strategy, User
+from webapp.models import AuditEvent, KillSwitch, Notification, Strategy, User
 from webapp.state_machine import RUNNING
 
 log = logging.getLogger("admin.kill_switch")
@@ -82,6 +82,10 @@ def engage(admin: User, user_id: int | None, reason: str, confirmation: str) -> 
                               severity="critical", detail={"scope": "global" if user_id is None else "user",
                                                            "reason": switch.reason, "strategies": len(running),
                                                            "in_position": in_position, "switch_id": switch.id}))
+    # Told to each trader it halts who had something running (a global switch does not message everyone).
+    for told in sorted({s.user_id for s in running} | ({user_id} if user_id is not None else set())):
+        db.session.add(Notification(**notices.row(notices.KILL_SWITCH, told, reason=switch.reason,
+                                                  strategies=sum(1 for s in running if s.user_id == told))))
     db.session.commit()
     log.critical("kill switch engaged", extra={"event": KILL, "user_id": user_id, "admin_id": admin.id,
                                                "reason": switch.reason, "strategies": len(running)})
