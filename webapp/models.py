@@ -77,6 +77,9 @@ class BrokerAccount(db.Model):
     api_key_enc: Mapped[bytes] = mapped_column(db.LargeBinary)
     api_secret_enc: Mapped[bytes] = mapped_column(db.LargeBinary)
     access_token_enc: Mapped[bytes | None] = mapped_column(db.LargeBinary, nullable=True)
+    # The account's outbound proxy for its Kite REST calls (its registered static IP), encrypted: the URL may
+    # carry a user and password. None: calls leave directly from this server.
+    proxy_url_enc: Mapped[bytes | None] = mapped_column(db.LargeBinary, nullable=True)
     api_key_last4: Mapped[str] = mapped_column(db.String(4))
     status: Mapped[str] = mapped_column(db.String(24), default="connected")  # connected | login_required
     validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

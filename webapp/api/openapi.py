@@ -26,13 +26,16 @@ TOKEN = {
 ACCOUNT = {
     "type": "object",
     "nullable": True,
-    "required": ["broker", "api_key_last4", "status", "validated_at", "login_required"],
+    "required": ["broker", "api_key_last4", "status", "validated_at", "login_required", "proxy"],
     "properties": {
         "broker": {"type": "string"},
         "api_key_last4": {"type": "string", "maxLength": 4},
         "status": {"type": "string", "enum": ["connected", "login_required"]},
         "validated_at": {"type": "string", "format": "date-time", "nullable": True},
         "login_required": {"type": "boolean", "description": "a Kite login is needed before START"},
+        "proxy": {"type": "string", "nullable": True,
+                  "description": "the account's outbound proxy, masked (scheme://host:port, never a user or password); "
+                                 "null: Kite calls leave directly from the server"},
     },
     "additionalProperties": False,
 }
@@ -445,7 +448,12 @@ SPEC = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["api_key", "api_secret", "access_token"],
                 "properties": {"api_key": {"type": "string"}, "api_secret": {"type": "string"},
-                               "access_token": {"type": "string"}},
+                               "access_token": {"type": "string"},
+                               "proxy": {"type": "string", "maxLength": 500, "writeOnly": True,
+                                         "description": "outbound proxy for this account's Kite calls (your "
+                                                        "registered static IP): http://host:port or "
+                                                        "http://user:pass@host:port (http or https); empty or "
+                                                        "left out: direct. Returned only masked"}},
                 "example": {"api_key": "kitekey1234", "api_secret": "kitesecret99", "access_token": "kitetoken77"},
             }}}},
             "responses": {"200": _json({"type": "object", "required": ["account"],

@@ -112,4 +112,5 @@ def _stored_credentials(account_id: int) -> Credentials:
     if account is None or account.access_token_enc is None:
         raise BrokerAuthFailed("no Kite session for this account: log in with Kite")
     return Credentials(crypto.decrypt(account.api_key_enc), crypto.decrypt(account.api_secret_enc),
-                       crypto.decrypt(account.access_token_enc))
+                       crypto.decrypt(account.access_token_enc),
+                       crypto.decrypt(account.proxy_url_enc) if account.proxy_url_enc else None)

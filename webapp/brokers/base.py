@@ -17,6 +17,7 @@ class Credentials:
     api_key: str
     api_secret: str
     access_token: str
+    proxy: str | None = None  # the account's outbound proxy URL for Kite's REST API; None: direct
 
 
 @dataclass(frozen=True)

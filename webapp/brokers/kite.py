@@ -40,8 +40,12 @@ class KiteBroker:
                  timeout: float = 7.0) -> None:
         self.credentials = credentials
         self.limiter = limiter
+        # The account's own outbound proxy (its registered static IP: Kite takes orders only from it) for every
+        # REST call of this client, and for nothing else in the app. An unreachable proxy is requests'
+        # ProxyError, a ConnectionError: mapped in _call as any lost connection is.
+        proxies = {"http": credentials.proxy, "https": credentials.proxy} if credentials.proxy else None
         self.client = KiteConnect(credentials.api_key, access_token=credentials.access_token or None, root=root,
-                                  timeout=timeout)
+                                  timeout=timeout, proxies=proxies)
 
     def _call(self, kind: str, fn: Callable[[], T], placement: bool = False) -> T:
         """One REST call, after its turn under the rate limits; errors mapped to the Broker's by what they
@@ -59,7 +63,7 @@ class KiteBroker:
             raise BrokerAuthFailed(f"Kite session expired or invalid: {exc}") from exc
         except requests.ConnectTimeout as exc:  # no connection was ever made
             raise BrokerUnavailable(f"Kite unreachable: {exc}") from exc
-        except (requests.Timeout, requests.ConnectionError) as exc:
+        except (requests.Timeout, requests.ConnectionError) as exc:  # ProxyError too: it may have been relayed
             raise ambiguous(f"no answer from Kite: {exc}") from exc
         except (kite_errors.DataException, TypeError, KeyError) as exc:
             # An answer we cannot read (a gateway page, an error without error_type, no Content-Type).

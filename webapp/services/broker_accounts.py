@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 from flask import current_app
 from sqlalchemy import select
@@ -16,6 +16,10 @@ from webapp.services.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 FIELDS = ("api_key", "api_secret", "access_token")
+# requests speaks socks5/socks5h only with PySocks (requests[socks]), which is not installed: http and https only.
+PROXY_SCHEMES = ("http", "https")
+PROXY_MAX = 500
+PROXY_HINT = "Expected http://host:port or http://user:pass@host:port."
 
 
 def account_for(user: User) -> BrokerAccount | None:
@@ -34,15 +38,20 @@ def connect(user: User, data: dict) -> BrokerAccount:
     values = {f: data.get(f).strip() if isinstance(data.get(f), str) else "" for f in FIELDS}
     optional = {"access_token"} if name == "kite" else set()
     missing = {f: "Required." for f, v in values.items() if not v and f not in optional}
-    if missing:
-        raise ValidationFailed(missing)
-    credentials = Credentials(**values)
+    raw_proxy = data.get("proxy")
+    proxy = raw_proxy.strip() if isinstance(raw_proxy, str) else ""
+    error = "Must be a string." if raw_proxy is not None and not isinstance(raw_proxy, str) else proxy_error(proxy)
+    problems = {**missing, **({"proxy": error} if error else {})}
+    if problems:
+        raise ValidationFailed(problems)
+    credentials = Credentials(**values, proxy=proxy or None)
     if values["access_token"]:
         get_broker(name, credentials=credentials).validate_credentials(credentials)
     account = account_for(user) or BrokerAccount(user_id=user.id, broker=name)
     account.api_key_enc = crypto.encrypt(values["api_key"])
     account.api_secret_enc = crypto.encrypt(values["api_secret"])
     account.api_key_last4 = values["api_key"][-4:]
+    account.proxy_url_enc = crypto.encrypt(proxy) if proxy else None  # empty: direct from this server
     _set_session(account, values["access_token"] or None)
     db.session.add(account)
     db.session.commit()
@@ -67,7 +76,8 @@ def kite_login_url(account: BrokerAccount, state: str) -> str:
 
 def complete_kite_login(account: BrokerAccount, request_token: str) -> None:
     """Raises BrokerAuthFailed if Kite refuses the request token."""
-    credentials = Credentials(crypto.decrypt(account.api_key_enc), crypto.decrypt(account.api_secret_enc), "")
+    credentials = Credentials(crypto.decrypt(account.api_key_enc), crypto.decrypt(account.api_secret_enc), "",
+                              crypto.decrypt(account.proxy_url_enc) if account.proxy_url_enc else None)
     broker = get_broker("kite", credentials=credentials)
     _set_session(account, broker.create_session(request_token))
     db.session.commit()
@@ -84,4 +94,32 @@ def describe(account: BrokerAccount | None) -> dict | None:
         "status": account.status,
         "validated_at": account.validated_at.isoformat() if account.validated_at else None,
         "login_required": account.needs_login(clock.now()),
+        "proxy": masked_proxy(crypto.decrypt(account.proxy_url_enc)) if account.proxy_url_enc else None,
     }
+
+
+def proxy_error(url: str) -> str | None:
+    """Why an outbound proxy URL is refused, or None ("" is fine: direct)."""
+    if not url:
+        return None
+    if len(url) > PROXY_MAX:
+        return f"At most {PROXY_MAX} characters."
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"Not a URL we can read. {PROXY_HINT}"
+    if parts.scheme.lower() not in PROXY_SCHEMES:
+        return f"The scheme must be http or https (SOCKS is not supported here). {PROXY_HINT}"
+    if not parts.hostname or not port:
+        return f"A host and a port are needed. {PROXY_HINT}"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or any(c.isspace() for c in url):
+        return f"Only scheme, host, port (and optionally user:pass@) belong in it. {PROXY_HINT}"
+    return None
+
+
+def masked_proxy(url: str) -> str:
+    """scheme://host:port of a proxy URL: never its user or password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme.lower()}://{f'[{host}]' if ':' in host else host}:{parts.port}"
