@@ -41,7 +41,7 @@ from flask import Flask
 
 from jobs.resilience import REDIS_DOWN, keep_running
 from jobs.signals import stop_requested
-from webapp import clock, create_app, keys, live, redis_client
+from webapp import clock, create_app, keys, live, metrics, redis_client
 from webapp.engine import dispatch, exits, runtime
 from webapp.engine import exit_index as ix
 from webapp.engine.events import FAIL, STOPLOSS, TARGET, Event, event_id
@@ -216,6 +216,7 @@ class Listener:
     def on_ticks(self, ticks: list[Tick]) -> None:
         now = time.monotonic()
         found: list[tuple[Member, Tick, str, float]] = []
+        metrics.TICKS.inc(len(ticks))  # one write a batch, outside the index's lock
         with self.lock:
             self.ticks += len(ticks)
             pop, pending = self.index.pop_crossed, self.pending

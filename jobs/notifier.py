@@ -17,7 +17,7 @@ import redis
 from flask import Flask
 
 from jobs.signals import stop_requested
-from webapp import clock, create_app, keys, redis_client
+from webapp import clock, create_app, keys, metrics, redis_client
 from webapp.channels import ChannelError, mail
 from webapp.channels.telegram import TelegramBot
 from webapp.extensions import db
@@ -43,6 +43,7 @@ def send_one(app: Flask, bot: TelegramBot | None, delivery) -> None:  # type: ig
            "strategy_id": notification.strategy_id if notification else None, "attempt": delivery.attempts}
     if notification is None:
         notifications.not_delivered(delivery, "notification deleted", False, None, app.config)
+        metrics.NOTIFICATIONS.labels(delivery.channel, "failed").inc()
         return
     message = notifications.render(notification, app.config["PUBLIC_URL"])
     try:
@@ -57,10 +58,12 @@ def send_one(app: Flask, bot: TelegramBot | None, delivery) -> None:  # type: ig
             mail.send(app.config, user.email, f"Algo: {message.subject}", message.text)
     except ChannelError as exc:
         again = notifications.not_delivered(delivery, str(exc), exc.retry, exc.retry_after, app.config)
+        metrics.NOTIFICATIONS.labels(delivery.channel, "retry" if again else "failed").inc()
         log.warning("notification not sent" + (", will retry" if again else ", given up"),
                     extra={**ids, "event": "notification_failed", "error": str(exc), "retry": again})
         return
     notifications.delivered(delivery)
+    metrics.NOTIFICATIONS.labels(delivery.channel, "sent").inc()
     log.info("notification sent", extra={**ids, "event": "notification_sent", "kind": notification.kind})
 
 

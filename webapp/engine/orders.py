@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from webapp import instruments, keys, redis_client
+from webapp import clock, instruments, keys, metrics, redis_client
 from webapp.brokers import (
     Broker,
     BrokerAuthFailed,
@@ -567,8 +567,12 @@ def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderReques
         log.warning("order placement " + ("got no usable answer" if in_doubt else "failed"),
                     extra=_ctx(event, strategy, attempt=row.attempt, error=str(exc)))
         return None
+    placed = time.monotonic()
+    metrics.ORDER_PHASE_SECONDS.labels(metrics.TRIGGER_TO_PLACED, event.event).observe(
+        max(0.0, (clock.now() - event.instant).total_seconds()))
     row.broker_order_id = order_id
     state = follow(broker, order_id, event, strategy, request)
+    metrics.ORDER_PHASE_SECONDS.labels(metrics.PLACED_TO_FINAL, event.event).observe(time.monotonic() - placed)
     log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
                                        filled=state.filled_quantity, price=str(state.average_price),
                                        attempt=row.attempt))
