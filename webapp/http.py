@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from flask import Flask, Response, jsonify, redirect, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -40,10 +41,12 @@ def json_error(status: int, message: str, code: str | None = None, **extra: obje
     return jsonify(error=code or ERROR_CODES.get(status, "ERROR"), message=message, **extra), status
 
 
-def csv_attachment(export: tuple[str, str]) -> Response:
-    """A (CSV text, file name) as a download: UTF-8, never cached (it holds a trader's orders)."""
+def csv_attachment(export: tuple[str | Iterable[str], str]) -> Response:
+    """A (CSV text, file name) as a download: UTF-8, never cached (it holds a trader's orders). The text may
+    be an iterable of chunks, streamed (the audit log)."""
     body, filename = export
-    response = Response(body.encode("utf-8"), content_type="text/csv; charset=utf-8")
+    data = body.encode("utf-8") if isinstance(body, str) else (chunk.encode("utf-8") for chunk in body)
+    response = Response(data, content_type="text/csv; charset=utf-8")
     response.headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     response.headers["Cache-Control"] = "no-store"
     return response
