@@ -254,9 +254,12 @@ def test_every_page_at_desktop_and_phone_size(app, live_server: str, browser: Br
 
         for path, name in (("/strategies", "dashboard"), ("/strategies/new", "new-strategy"),
                            (f"/strategies/{strategy_id}", "strategy"), (f"/strategies/{strategy_id}/edit", "edit-strategy"),
-                           ("/broker", "broker"), ("/settings/risk", "risk-limits"), ("/admin", "admin")):
+                           ("/broker", "broker"), ("/settings/risk", "risk-limits"), ("/settings/security", "security"),
+                           ("/settings/notifications", "notifications"), ("/admin", "admin")):
             page.goto(base + path)
             expect(page.locator("main h1")).to_be_visible()
+            if name in ("security", "notifications"):  # nothing live here: no badge stuck on "connecting"
+                expect(page.locator("#live-indicator")).to_be_hidden()
             shoot(name)
 
         # The time fields speak 24-hour IST whatever the browser's locale: plain text, HH:MM or HH:MM:SS.

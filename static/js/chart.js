@@ -36,6 +36,7 @@
     var widest = Math.max.apply(null, values.map(function (s) { return measurer.measureText(s).width; }));
     return Math.ceil(widest) + 18;  // tick + gap + label
   }
+  var X_INCRS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
   // x-axis: HH:MM (HH:MM:SS under a minute apart), the date under a label whose day differs from the one before.
   function xValues(u, splits, axisIdx, space, incr) {
     var fmt = incr < 60 ? secFmt : timeFmt;
@@ -214,7 +215,8 @@
       width: holder.clientWidth, height: HEIGHT, legend: { show: false }, cursor: { show: false },
       scales: { x: { time: true, range: range }, y: { range: [lo - pad, hi + pad] } },
       tzDate: function (ts) { return uPlot.tzDate(new Date(ts * 1e3), "Asia/Kolkata"); },  // splits on IST minutes
-      axes: [Object.assign({}, axis, { values: xValues, space: 70, size: 44 }),
+      // Whole seconds at the finest: sub-second steps printed the same HH:MM:SS twice over a short run.
+      axes: [Object.assign({}, axis, { values: xValues, space: 70, size: 44, incrs: X_INCRS }),
              Object.assign({}, axis, { values: yValues, size: ySize, space: 36, gap: 4 })],
       series: [{}, { label: data.symbol, stroke: "#0f172a", width: 1.5, spanGaps: false, points: { show: false } }],
       hooks: { draw: [function (u) { marks(u, data); }] },

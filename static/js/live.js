@@ -59,7 +59,8 @@
     }
   });
 
-  if (!document.querySelector("[data-live]")) return;
+  // A page with nothing live has no connection to speak of: the badge would say "connecting" for ever.
+  if (!document.querySelector("[data-live]")) { if (indicator) indicator.hidden = true; return; }
   if (typeof io === "undefined") { startPolling(); return; }  // the socket library did not load: poll
   var socket = io({ transports: ["websocket"], reconnectionDelayMax: 10000 });
   socket.on("connect", function () { stopPolling(); setState("live"); refresh(); });
