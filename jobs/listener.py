@@ -56,7 +56,11 @@ from webapp.state_machine import RUNNING, Status
 
 log = logging.getLogger("listener")
 PRICE_FLUSH_SECONDS = 0.1
-PRICE_PUSH_SECONDS = 1.0  # browsers get an instrument's changed price at most this often (at once, then held)
+# Browsers get an instrument's changed price at least every PRICE_PUSH_SECONDS, and no sooner than
+# PRICE_PUSH_EARLY_SECONDS after its last push: from then on a fresh tick (since the last round) goes out at
+# once, so what a page shows is ~one flush old rather than as old as the instrument's tick interval.
+PRICE_PUSH_SECONDS = 1.0
+PRICE_PUSH_EARLY_SECONDS = 0.8
 CHART_SAMPLE_SECONDS = 2.0  # one chart point per symbol per 2 s: a trading day is ~11,000 points
 CHART_MAX_POINTS = 12_000
 CHART_TRIM_SECONDS = 60.0  # trimming and expiring a series now and then keeps the flush to one write a symbol
@@ -205,6 +209,7 @@ class Listener:
         self.quotes = QuotePoller(app, self.quote_wanted, self.on_quotes, lambda: self.session)
         self.pushed: dict[str, float] = {}  # the last price pushed to browsers, per instrument
         self.pushed_at: dict[str, float] = {}  # monotonic: when it was pushed
+        self.push_round = float("-inf")  # monotonic: the last push_prices
         self.sampled: dict[str, float] = {}
         self.trimmed: dict[str, float] = {}
         self.ticks = 0
@@ -778,13 +783,18 @@ class Listener:
     def push_prices(self) -> None:
         """The owners of running strategies get their instruments' prices that changed, each user only theirs,
         over Socket.IO: a page marks P&L live between the engine's state changes. Checked at every flush, so
-        a change goes out within ~100 ms; an instrument pushed less than PRICE_PUSH_SECONDS ago waits (its
-        latest price then goes, not each tick)."""
+        a change goes out within ~100 ms; an instrument pushed less than PRICE_PUSH_EARLY_SECONDS ago waits,
+        then goes with its next fresh tick, or with the latest price it has once PRICE_PUSH_SECONDS passed."""
         now = time.monotonic()
         by_user: dict[int, dict[str, float]] = defaultdict(dict)
         with self.lock:
+            since, self.push_round = self.push_round, now
+            never, ticks = float("-inf"), self.last_tick
             changed = {key: price for key, price in self.prices.items() if self.pushed.get(key) != price
-                       and now - self.pushed_at.get(key, float("-inf")) >= PRICE_PUSH_SECONDS and key in self.owners}
+                       and key in self.owners and (
+                           now - self.pushed_at.get(key, never) >= PRICE_PUSH_SECONDS
+                           or (now - self.pushed_at.get(key, never) >= PRICE_PUSH_EARLY_SECONDS
+                               and ticks.get(key, never) > since))}
             if not changed:
                 return
             for key, price in changed.items():
