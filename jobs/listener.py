@@ -221,7 +221,7 @@ class Listener:
     def on_ticks(self, ticks: list[Tick]) -> None:
         now = time.monotonic()
         found: list[tuple[Member, Tick, str, float]] = []
-        metrics.TICKS.inc(len(ticks))  # one write a batch, outside the index's lock
+        metrics.inc(metrics.TICKS, amount=len(ticks))  # one write a batch, outside the index's lock
         with self.lock:
             self.ticks += len(ticks)
             pop, pending = self.index.pop_crossed, self.pending

@@ -43,10 +43,10 @@ def send_one(app: Flask, bot: TelegramBot | None, delivery) -> None:  # type: ig
            "strategy_id": notification.strategy_id if notification else None, "attempt": delivery.attempts}
     if notification is None:
         notifications.not_delivered(delivery, "notification deleted", False, None, app.config)
-        metrics.NOTIFICATIONS.labels(delivery.channel, "failed").inc()
+        metrics.inc(metrics.NOTIFICATIONS, delivery.channel, "failed")
         return
-    message = notifications.render(notification, app.config["PUBLIC_URL"])
     try:
+        message = notifications.render(notification, app.config["PUBLIC_URL"])
         if delivery.channel == TELEGRAM:
             chat_id = notifications.settings_for(delivery.user_id).telegram_chat_id
             if chat_id is None:
@@ -56,14 +56,18 @@ def send_one(app: Flask, bot: TelegramBot | None, delivery) -> None:  # type: ig
         else:
             user = db.session.get(User, delivery.user_id)
             mail.send(app.config, user.email, f"Algo: {message.subject}", message.text)
-    except ChannelError as exc:
-        again = notifications.not_delivered(delivery, str(exc), exc.retry, exc.retry_after, app.config)
-        metrics.NOTIFICATIONS.labels(delivery.channel, "retry" if again else "failed").inc()
+    except Exception as exc:  # noqa: BLE001 — a ChannelError says whether to retry; anything else is tried again
+        retry, after = (exc.retry, exc.retry_after) if isinstance(exc, ChannelError) else (True, None)
+        if not isinstance(exc, ChannelError):
+            log.exception("notification failed unexpectedly", extra={**ids, "event": "notification_error"})
+        db.session.rollback()
+        again = notifications.not_delivered(delivery, str(exc) or repr(exc), retry, after, app.config)
+        metrics.inc(metrics.NOTIFICATIONS, delivery.channel, "retry" if again else "failed")
         log.warning("notification not sent" + (", will retry" if again else ", given up"),
                     extra={**ids, "event": "notification_failed", "error": str(exc), "retry": again})
         return
     notifications.delivered(delivery)
-    metrics.NOTIFICATIONS.labels(delivery.channel, "sent").inc()
+    metrics.inc(metrics.NOTIFICATIONS, delivery.channel, "sent")
     log.info("notification sent", extra={**ids, "event": "notification_sent", "kind": notification.kind})
 
 
@@ -77,7 +81,7 @@ def sending(app: Flask, channel: str, stop: list[bool]) -> None:
                     wait = limit.wait(delivery.user_id, channel)
                     if wait:
                         notifications.postpone(delivery, clock.now() + timedelta(seconds=wait))
-                    elif notifications.claim(delivery):
+                    elif notifications.claim(delivery, app.config["NOTIFY_MAX_ATTEMPTS"]):
                         limit.spend(delivery.user_id, channel)
                         send_one(app, bot, delivery)
             except Exception:  # noqa: BLE001 — e.g. the database down: the next round tries again
@@ -104,22 +108,36 @@ def polling(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:
             time.sleep(2)
             continue
         for update in updates:
-            message = update.get("message") or {}
-            chat_id, text = (message.get("chat") or {}).get("id"), message.get("text")
-            if chat_id is not None and text:
-                with app.app_context():
-                    try:
-                        reply = telegram_commands.handle(conn, int(chat_id), text)
-                    except Exception:  # noqa: BLE001 — the chat hears something, the log has the rest
-                        log.exception("telegram command failed", extra={"event": "telegram_command_failed"})
-                        reply = "Something went wrong on our side; nothing was changed by this message."
-                    finally:
-                        db.session.remove()
-                try:
-                    bot.send_message(int(chat_id), reply)
-                except ChannelError as exc:
-                    log.warning("telegram reply not sent", extra={"event": "telegram_reply_failed", "error": str(exc)})
-            conn.set(keys.TELEGRAM_OFFSET, int(update["update_id"]) + 1)
+            try:
+                answer(app, conn, bot, update.get("message") or {})
+                conn.set(keys.TELEGRAM_OFFSET, int(update["update_id"]) + 1)
+            except Exception:  # noqa: BLE001 — this thread is the bot's only ear: it must outlive any update
+                log.exception("telegram update not handled", extra={"event": "telegram_update_failed"})
+                time.sleep(2)
+                break  # read again from the stored offset
+
+
+def answer(app: Flask, conn: redis.Redis, bot: TelegramBot, message: dict) -> None:
+    """One message to the bot, answered. Only a private chat commands: in a group every member could."""
+    chat = message.get("chat") or {}
+    chat_id, text = chat.get("id"), message.get("text")
+    if chat_id is None or not text:
+        return
+    if chat.get("type") != "private":
+        reply = "I only take commands in a private chat with you."
+    else:
+        with app.app_context():
+            try:
+                reply = telegram_commands.handle(conn, int(chat_id), text)
+            except Exception:  # noqa: BLE001 — the chat hears something, the log has the rest
+                log.exception("telegram command failed", extra={"event": "telegram_command_failed"})
+                reply = "Something went wrong on our side; nothing was changed by this message."
+            finally:
+                db.session.remove()
+    try:
+        bot.send_message(int(chat_id), reply)
+    except ChannelError as exc:
+        log.warning("telegram reply not sent", extra={"event": "telegram_reply_failed", "error": str(exc)})
 
 
 def run(app: Flask, conn: redis.Redis, stop: list[bool]) -> None:

@@ -250,9 +250,18 @@ def test_the_proxy_is_validated_and_shown_masked(client, fake, proxy, app):
     assert f"http://127.0.0.1:{proxy.port}" in html and "s3cretpw" not in html
     assert "Outbound proxy (your registered static IP)" in html and "leave empty to send directly" in html
 
-    # Saving again with the field empty: direct again.
+    # Saving the page again with the field empty (a new day's token) keeps the proxy; the box removes it.
+    assert page.post("/broker", data=form).status_code == 303
+    assert f"http://127.0.0.1:{proxy.port}" in page.get("/broker").get_data(as_text=True)
+    assert page.post("/broker", data={**form, "proxy_remove": "1"}).status_code == 303
+    assert "Kite calls leave directly from this server" in page.get("/broker").get_data(as_text=True)
+
+    # The API: "proxy" left out keeps it (a script refreshing the token must not send orders direct); "" removes.
     body.pop("proxy")
-    assert client.post("/api/v1/broker/connect", headers=headers, json=body).json["account"]["proxy"] is None
+    assert client.post("/api/v1/broker/connect", headers=headers, json=body).json["account"]["proxy"] == \
+        f"http://127.0.0.1:{proxy.port}"
+    assert client.post("/api/v1/broker/connect", headers=headers, json={**body, "proxy": ""}).json["account"][
+        "proxy"] is None
     assert db_scalar(app, select(BrokerAccount.proxy_url_enc).join(User).where(User.email == "mask@example.com")) \
         is None
 

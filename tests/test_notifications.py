@@ -225,9 +225,10 @@ def test_the_login_reminder_is_raised_once_a_day_for_kite_accounts_needing_a_log
     from webapp.models import BrokerAccount
 
     uid = _user(app, "morning@example.com")
-    config = {**app.config, "BROKER": "kite", "TRADING_CALENDAR": "always", "LOGIN_REMINDER_TIME": "08:45:00"}
-    early = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)  # 08:30 IST
+    config = {**app.config, "BROKER": "kite", "TRADING_CALENDAR": "nse", "LOGIN_REMINDER_TIME": "08:45:00"}
+    early = datetime(2026, 11, 26, 3, 0, tzinfo=timezone.utc)  # 08:30 IST, a Thursday
     later = datetime(2026, 11, 26, 3, 20, tzinfo=timezone.utc)  # 08:50 IST
+    noon = datetime(2026, 11, 26, 6, 30, tzinfo=timezone.utc)  # 12:00 IST: too late to remind
     with app.app_context():
         db.session.add(BrokerAccount(user_id=uid, broker="kite", api_key_enc=b"x", api_secret_enc=b"x",
                                      access_token_enc=None, api_key_last4="abcd", status="login_required"))
@@ -235,6 +236,7 @@ def test_the_login_reminder_is_raised_once_a_day_for_kite_accounts_needing_a_log
                                 buy_time="09:20:00", sell_time="15:00:00", stop_loss=Decimal("1"), deployed=True))
         db.session.commit()
         assert notifications.login_reminders(config, early) == 0
+        assert notifications.login_reminders(config, noon) == 0
         assert notifications.login_reminders(config, later) == 1
         assert notifications.login_reminders(config, later) == 0  # once a day
         told = db.session.scalar(select(Notification))

@@ -42,7 +42,7 @@ def test_procfile_is_read_in_order_without_comments(tmp_path: Path) -> None:
                         "worker: python -m jobs.worker\n")
     assert read_procfile(procfile) == {"web": "gunicorn --bind ${HOST:-127.0.0.1}:5000 wsgi:app",
                                        "worker": "python -m jobs.worker"}
-    assert list(read_procfile(ROOT / "Procfile")) == ["web", "worker", "exits", "scheduler", "listener"]
+    assert list(read_procfile(ROOT / "Procfile")) == ["web", "worker", "exits", "scheduler", "listener", "notifier"]
 
 
 def test_a_process_that_keeps_crashing_is_restarted_with_growing_pauses_and_its_neighbour_runs_on(
@@ -143,7 +143,7 @@ def test_a_killed_listener_is_back_within_seconds_and_the_web_never_stops(make_r
     conn = redis.Redis(port=redis_port)
     wait_for(lambda: _answers(healthz), timeout=60, what="the web to answer")
     wait_for(lambda: conn.exists(keys.LISTENER_HEARTBEAT), timeout=60, what="the listener's heartbeat")
-    first = {name: _started(log, name) for name in ("web", "worker", "exits", "scheduler", "listener")}
+    first = {name: _started(log, name) for name in ("web", "worker", "exits", "scheduler", "listener", "notifier")}
     assert all(len(pids) == 1 for pids in first.values()), first
     listener, web = first["listener"][0], first["web"][0]
 

@@ -346,6 +346,8 @@ def test_api_keys_are_created_used_and_revoked_at_once(app, client):
     listed = client.get("/api/v1/api-keys", headers=key_headers).json["api_keys"]
     assert [k["name"] for k in listed] == ["phone dashboard"] and listed[0]["last_used_at"] is not None
     assert key not in str(listed)
+    minted = client.post("/api/v1/api-keys", json={"name": "from a key"}, headers=key_headers)
+    assert minted.status_code == 403 and "cannot create API keys" in minted.json["message"]  # no key outlives its own
 
     # Another tenant cannot see or revoke it; a wrong secret with the right prefix is refused.
     other = api_register(app.test_client(), "other@example.com")

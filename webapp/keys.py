@@ -107,6 +107,11 @@ def telegram_link(code: str) -> str:
     return f"{PREFIX}telegram:link:{code}"
 
 
+def telegram_link_tries(chat_id: int) -> str:
+    """Wrong link codes a chat sent lately (a counter that expires)."""
+    return f"{PREFIX}telegram:link-tries:{chat_id}"
+
+
 def telegram_confirm(chat_id: int) -> str:
     """A Telegram command waiting for its confirmation code (JSON: command, code), expiring."""
     return f"{PREFIX}telegram:confirm:{chat_id}"

@@ -81,6 +81,34 @@ NAMES = frozenset({
 })
 
 
+_broken = False  # a write has failed in this process (told once)
+
+
+def _lost(exc: Exception) -> None:
+    global _broken
+    if not _broken:
+        _broken = True
+        log.error("metrics not written: values are lost until this is fixed",
+                  extra={"event": "metrics_write_failed", "error": repr(exc)})
+
+
+def inc(metric: Counter, *labels: str, amount: float = 1.0) -> None:
+    """A count that never fails what it counts (an order above all): prometheus_client opens and grows a
+    file on first use of a label set, which a full disk or a missing directory makes raise."""
+    try:
+        (metric.labels(*labels) if labels else metric).inc(amount)
+    except Exception as exc:  # noqa: BLE001
+        _lost(exc)
+
+
+def observe(metric: Histogram, value: float, *labels: str) -> None:
+    """As inc(), for a histogram."""
+    try:
+        (metric.labels(*labels) if labels else metric).observe(value)
+    except Exception as exc:  # noqa: BLE001
+        _lost(exc)
+
+
 def order_outcome(status: str, filled: int, asked: int) -> str:
     """algo_orders_total's outcome for a broker's final answer."""
     if filled > 0:

@@ -23,13 +23,15 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 @bp.before_request
 def _authenticate() -> None:
     g.api_user_id = None
+    g.by_api_key = False
     header = request.headers.get("Authorization", "")
     if header:
         # An Authorization header is the only credential then: a bad token never falls back to cookies.
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
-            g.api_user_id = api_keys.user_id(token) if api_keys.looks_like_key(token) else tokens.user_id(token)
+            g.by_api_key = api_keys.looks_like_key(token)
+            g.api_user_id = api_keys.user_id(token) if g.by_api_key else tokens.user_id(token)
         return
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS"):

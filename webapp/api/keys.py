@@ -1,7 +1,7 @@
 """API keys over the JSON API: list, create (the key is in the answer once), revoke."""
 from __future__ import annotations
 
-from flask import abort, jsonify
+from flask import abort, g, jsonify
 
 from webapp.api import api_user, api_user_id, auth_required, bp, json_body
 from webapp.http import json_error
@@ -18,6 +18,8 @@ def api_keys_list():  # type: ignore[no-untyped-def]
 @bp.post("/api-keys")
 @auth_required
 def api_keys_create():  # type: ignore[no-untyped-def]
+    if g.by_api_key:  # a leaked key must not mint keys that outlive its revocation
+        return json_error(403, "An API key cannot create API keys: log in (with your code, if two-factor is on).")
     try:
         row, key = api_keys.create(api_user(), json_body().get("name"))
     except ValidationFailed as exc:

@@ -224,7 +224,7 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*codes: int) -> dict:
-    words = {400: "bad request", 401: "not logged in", 404: "not found (or not yours)",
+    words = {400: "bad request", 401: "not logged in", 403: "not allowed with this credential", 404: "not found (or not yours)",
              409: "not allowed in the strategy's current state",
              415: "unsupported media type", 422: "invalid fields", 429: "rate limited",
              503: "engine unavailable (Redis unreachable); nothing was changed"}
@@ -300,7 +300,7 @@ API_KEY_PATHS = {
                  "responses": {"201": _json({"type": "object", "required": ["api_key", "key"],
                                              "properties": {"api_key": API_KEY,
                                                             "key": {"type": "string", "pattern": "^ak_"}}},
-                                            "created"), **_errors(400, 401, 422)}},
+                                            "created"), **_errors(400, 401, 403, 422)}},
     },
     "/api/v1/api-keys/{key_id}": {
         "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}],
@@ -452,8 +452,8 @@ SPEC = {
                                "proxy": {"type": "string", "maxLength": 500, "writeOnly": True,
                                          "description": "outbound proxy for this account's Kite calls (your "
                                                         "registered static IP): http://host:port or "
-                                                        "http://user:pass@host:port (http or https); empty or "
-                                                        "left out: direct. Returned only masked"}},
+                                                        "http://user:pass@host:port (http or https); \"\": direct; "
+                                                        "left out: the stored proxy stays. Returned only masked"}},
                 "example": {"api_key": "kitekey1234", "api_secret": "kitesecret99", "access_token": "kitetoken77"},
             }}}},
             "responses": {"200": _json({"type": "object", "required": ["account"],

@@ -48,7 +48,10 @@ def connect():  # type: ignore[no-untyped-def]
         # would mean holding an unsaved secret in the session between two posts.
         kept = {"api_key": request.form.get("api_key", "").strip()[:KEPT_MAX]}
         try:
-            broker_accounts.connect(current_user, request.form)
+            posted = request.form.to_dict()
+            if not posted.get("proxy", "").strip() and not posted.get("proxy_remove"):
+                posted.pop("proxy", None)  # an empty field keeps the stored proxy; the box removes it
+            broker_accounts.connect(current_user, posted)
         except ValidationFailed as exc:
             errors = exc.fields
         except BrokerAuthFailed as exc:

@@ -2,7 +2,7 @@
 and Kite share every line above it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
 
@@ -15,9 +15,9 @@ ORDER_TYPES = (MARKET, LIMIT)
 @dataclass(frozen=True)
 class Credentials:
     api_key: str
-    api_secret: str
-    access_token: str
-    proxy: str | None = None  # the account's outbound proxy URL for Kite's REST API; None: direct
+    api_secret: str = field(repr=False)  # never in a log line or a traceback's locals
+    access_token: str = field(repr=False)
+    proxy: str | None = field(default=None, repr=False)  # the account's outbound proxy URL (may carry a password)
 
 
 @dataclass(frozen=True)

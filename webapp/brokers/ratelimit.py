@@ -59,10 +59,10 @@ class RateLimiter:
         while True:
             wait_ms = int(self.script(keys=redis_keys, args=args))
             if wait_ms <= 0:
-                metrics.RATE_LIMIT_WAIT_SECONDS.labels(kind).observe(waited)
+                metrics.observe(metrics.RATE_LIMIT_WAIT_SECONDS, waited, kind)
                 return waited
             if waited + wait_ms / 1000 > give_up_after:
-                metrics.RATE_LIMIT_WAIT_SECONDS.labels(kind).observe(waited)
+                metrics.observe(metrics.RATE_LIMIT_WAIT_SECONDS, waited, kind)
                 raise TimeoutError(f"rate limit for {kind} calls would hold this call over {give_up_after:.0f} s")
             time.sleep(wait_ms / 1000)
             waited += wait_ms / 1000

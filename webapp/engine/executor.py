@@ -272,21 +272,21 @@ def _place(work: Work) -> str:
             log.error("lock lost: this holder stops acting", extra=_ids(event, strategy, error=str(exc)))
             return "dropped: lock lost"
         except BrokerAuthFailed as exc:  # no usable session stored for this account
-            metrics.ORDERS.labels(event.event, metrics.FAILED).inc()
+            metrics.inc(metrics.ORDERS, event.event, metrics.FAILED)
             outcome = _failed(strategy, event, LoginRequired(str(exc)))
         except MarketShut as exc:
-            metrics.ORDERS.labels(event.event, metrics.FAILED).inc()
+            metrics.inc(metrics.ORDERS, event.event, metrics.FAILED)
             outcome = _failed(strategy, event, exc) if event.event == BUY else _exit_too_late(strategy, event, str(exc))
         except (OrderFailed, OrderUnknown) as exc:
-            metrics.ORDERS.labels(event.event, metrics.UNKNOWN if isinstance(exc, OrderUnknown) else metrics.FAILED).inc()
+            metrics.inc(metrics.ORDERS, event.event, metrics.UNKNOWN if isinstance(exc, OrderUnknown) else metrics.FAILED)
             outcome = _failed(strategy, event, exc)
         except Exception as exc:  # noqa: BLE001 — an intent row exists: the order may be at the broker
             log.exception("unexpected error while placing", extra=_ids(event, strategy))
-            metrics.ORDERS.labels(event.event, metrics.UNKNOWN).inc()
+            metrics.inc(metrics.ORDERS, event.event, metrics.UNKNOWN)
             outcome = _failed(strategy, event, OrderUnknown(f"unexpected error: {exc!r}"))
         else:
-            metrics.ORDERS.labels(event.event, metrics.order_outcome(state.status, state.filled_quantity,
-                                                                     request.quantity)).inc()
+            metrics.inc(metrics.ORDERS, event.event,
+                        metrics.order_outcome(state.status, state.filled_quantity, request.quantity))
             values = final_values(row, state, note)
             outcome = _apply(strategy, event, state)
             if not _commit_result(strategy, row, values, work.held, release=outcome != PARTIAL):

@@ -568,11 +568,11 @@ def _send(broker: Broker, strategy: Strategy, event: Event, request: OrderReques
                     extra=_ctx(event, strategy, attempt=row.attempt, error=str(exc)))
         return None
     placed = time.monotonic()
-    metrics.ORDER_PHASE_SECONDS.labels(metrics.TRIGGER_TO_PLACED, event.event).observe(
-        max(0.0, (clock.now() - event.instant).total_seconds()))
+    metrics.observe(metrics.ORDER_PHASE_SECONDS, max(0.0, (clock.now() - event.instant).total_seconds()),
+                    metrics.TRIGGER_TO_PLACED, event.event)
     row.broker_order_id = order_id
     state = follow(broker, order_id, event, strategy, request)
-    metrics.ORDER_PHASE_SECONDS.labels(metrics.PLACED_TO_FINAL, event.event).observe(time.monotonic() - placed)
+    metrics.observe(metrics.ORDER_PHASE_SECONDS, time.monotonic() - placed, metrics.PLACED_TO_FINAL, event.event)
     log.info("order final", extra=_ctx(event, strategy, broker_order_id=order_id, status=state.status,
                                        filled=state.filled_quantity, price=str(state.average_price),
                                        attempt=row.attempt))

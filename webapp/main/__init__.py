@@ -36,8 +36,8 @@ def healthz():  # type: ignore[no-untyped-def]
 @bp.get("/metrics")
 @limiter.exempt
 def metrics_endpoint():  # type: ignore[no-untyped-def]
-    """Prometheus's scrape: every process's metrics (webapp/metrics.py). Open unless METRICS_TOKEN is set, then
-    only with "Authorization: Bearer <token>"; no session, no CSRF (a GET)."""
+    """Prometheus's scrape: every process's metrics (webapp/metrics.py). Without METRICS_TOKEN only from this
+    machine (loopback); with it, only with "Authorization: Bearer <token>"; no session, no CSRF (a GET)."""
     import hmac
     from pathlib import Path
 
@@ -45,9 +45,15 @@ def metrics_endpoint():  # type: ignore[no-untyped-def]
 
     from webapp import metrics
 
+    import ipaddress
+
     token = current_app.config.get("METRICS_TOKEN") or ""
     if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
         return Response("a bearer token is required\n", 401, {"WWW-Authenticate": "Bearer"}, mimetype="text/plain")
+    if not token and not ipaddress.ip_address(request.remote_addr or "0.0.0.0").is_loopback:
+        # Open only to this machine: behind a public proxy the figures (and each scrape's queries) are no one
+        # else's business.
+        return Response("set METRICS_TOKEN to scrape from another machine\n", 403, mimetype="text/plain")
     path = Path(current_app.config["METRICS_DIR"])
     path.mkdir(parents=True, exist_ok=True)
     body, content_type = metrics.exposition(str(path))

@@ -13,6 +13,12 @@ from webapp.services import notifications
 bp = Blueprint("notifications", __name__, url_prefix="/settings/notifications")
 
 
+@bp.after_request
+def _not_cached(response):  # type: ignore[no-untyped-def]
+    response.headers["Cache-Control"] = "no-store"  # a Telegram link code is on the page
+    return response
+
+
 def _page(code: str | None = None):  # type: ignore[no-untyped-def]
     settings = notifications.settings_for(current_user.id)
     return render_template(

@@ -33,7 +33,7 @@ def account_for(user: User) -> BrokerAccount | None:
 def connect(user: User, data: dict) -> BrokerAccount:
     """Raises ValidationFailed for missing fields and BrokerAuthFailed when the broker says no; in both
     cases nothing is stored. With Kite, the access token may be left out: the account then waits for
-    "Log in with Kite"."""
+    "Log in with Kite". `proxy` left out keeps the stored one; "" removes it."""
     name = current_app.config["BROKER"]
     values = {f: data.get(f).strip() if isinstance(data.get(f), str) else "" for f in FIELDS}
     optional = {"access_token"} if name == "kite" else set()
@@ -44,14 +44,18 @@ def connect(user: User, data: dict) -> BrokerAccount:
     problems = {**missing, **({"proxy": error} if error else {})}
     if problems:
         raise ValidationFailed(problems)
+    existing = account_for(user)
+    if raw_proxy is None and existing is not None and existing.proxy_url_enc:
+        proxy = crypto.decrypt(existing.proxy_url_enc)  # the check below goes the way orders will
     credentials = Credentials(**values, proxy=proxy or None)
     if values["access_token"]:
         get_broker(name, credentials=credentials).validate_credentials(credentials)
-    account = account_for(user) or BrokerAccount(user_id=user.id, broker=name)
+    account = existing or BrokerAccount(user_id=user.id, broker=name)
     account.api_key_enc = crypto.encrypt(values["api_key"])
     account.api_secret_enc = crypto.encrypt(values["api_secret"])
     account.api_key_last4 = values["api_key"][-4:]
-    account.proxy_url_enc = crypto.encrypt(proxy) if proxy else None  # empty: direct from this server
+    if raw_proxy is not None:  # left out: the stored proxy stays (a token refresh must not send orders direct)
+        account.proxy_url_enc = crypto.encrypt(proxy) if proxy else None  # "": direct from this server
     _set_session(account, values["access_token"] or None)
     db.session.add(account)
     db.session.commit()

@@ -21,7 +21,7 @@ from webapp import clock, keys
 from webapp.engine import exits, notices
 from webapp.engine.notices import KINDS
 from webapp.extensions import db
-from webapp.market_calendar import IST, exchange_date, is_trading_day, parse_time
+from webapp.market_calendar import IST, exchange_date, format_time, is_trading_day, parse_time, session_for
 from webapp.models import (AuditEvent, BrokerAccount, Notification, NotificationDelivery, NotificationSettings,
                            OrderLog, Strategy, User)
 from webapp.money import inr, percent
@@ -42,6 +42,10 @@ LABELS = {
     notices.KILL_SWITCH: "Kill switch engaged for you",
 }
 LINK_SECONDS = 600  # a Telegram link code's life
+LINK_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O or 1/I to misread: 10 of them are 50 bits
+LINK_LENGTH = 10
+LINK_TRIES = 5  # wrong codes a chat may send in LINK_SECONDS (whoever links a chat can /exitall from it)
+REMINDER_WINDOW = timedelta(hours=2)  # the morning reminder goes out this long after LOGIN_REMINDER_TIME at most
 CLAIM_SECONDS = 60  # a delivery being sent is not picked again before this (a notifier that died mid-send)
 
 
@@ -83,17 +87,24 @@ def save_kinds(user_id: int, telegram: set[str], email: set[str]) -> Notificatio
 
 def link_code(conn: redis.Redis, user_id: int) -> str:
     """A one-time code the user sends the bot (as /start CODE) within LINK_SECONDS to link their chat."""
-    code = secrets.token_hex(4).upper()
+    code = "".join(secrets.choice(LINK_ALPHABET) for _ in range(LINK_LENGTH))
     conn.set(keys.telegram_link(code), user_id, ex=LINK_SECONDS)
     return code
 
 
 def link_chat(conn: redis.Redis, code: str, chat_id: int) -> User:
     """Links the chat to the code's user (once: the code is consumed). A chat linked to another user before
-    is moved, so one chat never reaches two accounts."""
+    is moved, so one chat never reaches two accounts. A chat gets LINK_TRIES wrong codes in LINK_SECONDS."""
+    tries = keys.telegram_link_tries(chat_id)
+    if int(conn.get(tries) or 0) >= LINK_TRIES:
+        raise LinkRefused("Too many wrong codes from this chat: try again in 10 minutes.")
     user_id = conn.getdel(keys.telegram_link(code.strip().upper()))
     user = db.session.get(User, int(user_id)) if user_id else None
     if user is None or user.disabled:
+        pipe = conn.pipeline()
+        pipe.incr(tries)
+        pipe.expire(tries, LINK_SECONDS)
+        pipe.execute()
         raise LinkRefused("That code is not valid (codes last 10 minutes and work once).")
     db.session.execute(update(NotificationSettings).where(NotificationSettings.telegram_chat_id == chat_id,
                                                           NotificationSettings.user_id != user.id)
@@ -180,7 +191,9 @@ def render(notification: Notification, public_url: str) -> Message:
         fills = _run_fills(strategy.id, data.get("run"))
         exit_side = exits.exit_side(strategy.direction)
         quantity, price = _average([row for row in fills if row.side == exit_side])
-        rupees, pct = fills_pnl(fills, strategy.direction, 0, None)
+        entered, _ = _average([row for row in fills if row.side != exit_side])
+        # Without our exit fills for the whole entry (the broker squared it off) the P&L is not ours to say.
+        rupees, pct = fills_pnl(fills, strategy.direction, 0, None) if quantity >= entered > 0 else (None, None)
         verb = "bought back" if strategy.direction == exits.SHORT else "sold"
         what = (f"{verb} {quantity} {strategy.symbol} @ {inr(price)}" if quantity else
                 f"position closed ({data.get('reason') or 'no fill of ours'})")
@@ -207,8 +220,8 @@ def render(notification: Notification, public_url: str) -> Message:
     if kind == notices.LOGIN_REMINDER:
         names = ", ".join(data.get("strategies", []))
         return Message("Log in to Kite before the market opens",
-                       f"Log in to Kite before {data.get('first', '09:15')} IST: your Kite session is not valid "
-                       f"today{', and these run today: ' + names if names else ''}. {public_url}/broker")
+                       f"Log in to Kite{' before ' + data['first'] + ' IST' if data.get('first') else ''}: your "
+                       f"Kite session is not valid today, and these run today: {names}. {public_url}/broker")
     return Message(kind.replace("_", " ").capitalize(), str(data))  # a strategy deleted since
 
 
@@ -248,9 +261,14 @@ def due(channel: str, limit: int = 50) -> list[NotificationDelivery]:
         NotificationDelivery.next_try_at <= clock.now()).order_by(NotificationDelivery.id).limit(limit)))
 
 
-def claim(delivery: NotificationDelivery) -> bool:
+def claim(delivery: NotificationDelivery, max_attempts: int) -> bool:
     """This sender's turn at the delivery (another notifier, or this one after a crash mid-send, waits
-    CLAIM_SECONDS): counted as an attempt."""
+    CLAIM_SECONDS): counted as an attempt. One that has had every attempt (its senders died mid-send) is
+    failed instead of tried for ever."""
+    if delivery.attempts >= max_attempts:
+        delivery.status, delivery.error = "failed", (delivery.error or "no answer from the channel")[:500]
+        db.session.commit()
+        return False
     taken = db.session.execute(update(NotificationDelivery).where(
         NotificationDelivery.id == delivery.id, NotificationDelivery.status == "pending",
         NotificationDelivery.attempts == delivery.attempts).values(
@@ -292,7 +310,7 @@ class RateLimit:
     """At most `per_minute` messages a minute per (user, channel), in this process (one notifier sends)."""
 
     def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
+        self.per_minute = max(1, per_minute)
         self.sent: dict[tuple[int, str], collections.deque] = collections.defaultdict(collections.deque)
 
     def wait(self, user_id: int, channel: str) -> float:
@@ -318,19 +336,28 @@ def login_reminders(config: dict, now: datetime | None = None) -> int:
     day = exchange_date(now)
     if config["BROKER"] != "kite" or not is_trading_day(day, config["TRADING_CALENDAR"]):
         return 0
-    if now.astimezone(IST).time() < parse_time(config["LOGIN_REMINDER_TIME"]):
+    at = parse_time(config["LOGIN_REMINDER_TIME"])
+    local = now.astimezone(IST)
+    # Within REMINDER_WINDOW of the reminder time only: a notifier started at 15:00 does not say "log in".
+    if not timedelta(0) <= local - local.replace(hour=at.hour, minute=at.minute, second=at.second,
+                                                 microsecond=0) < REMINDER_WINDOW:
         return 0
+    opens = session_for(config["TRADING_CALENDAR"]).opens
+    first = format_time(opens)[:5] if opens > at else None
     stamp = day.isoformat()
     done = set(db.session.scalars(select(Notification.user_id).where(
         Notification.kind == notices.LOGIN_REMINDER, Notification.dedupe.like(f"login:%:{stamp}"))))
     told = 0
     for account in db.session.scalars(select(BrokerAccount).where(BrokerAccount.broker == "kite")):
-        if account.user_id in done or not account.needs_login(now):
+        if account.user_id in done or not account.needs_login(now) or account.user.disabled:
             continue
         names = [s.name for s in db.session.scalars(select(Strategy).where(
             Strategy.user_id == account.user_id, Strategy.deployed.is_(True)).order_by(Strategy.name))]
+        if not names:  # nothing of theirs runs today by itself: no reason to wake them
+            continue
         db.session.add(Notification(**notices.row(notices.LOGIN_REMINDER, account.user_id,
-                                                  dedupe=f"login:{account.user_id}:{stamp}", strategies=names)))
+                                                  dedupe=f"login:{account.user_id}:{stamp}", strategies=names,
+                                                  first=first)))
         try:
             db.session.commit()  # the dedupe key: a second notifier's reminder clashes and is dropped
             told += 1

@@ -27,7 +27,7 @@ HELP = ("/status: your strategies now\n/pnl: today's P&L\n/stop <name or #id>: s
         "its position)\n/exitall: stop every running strategy and square off (asks to confirm)\n/help: this list")
 NOT_LINKED = ("This chat is not linked to an account. On the Notifications page press “Link Telegram”, then "
               "send the code here.")
-_CODE = re.compile(r"^[0-9A-F]{8}$")
+_CODE = re.compile(f"^[{notifications.LINK_ALPHABET}]{{{notifications.LINK_LENGTH}}}$")
 
 
 def handle(conn: redis.Redis, chat_id: int, text: str) -> str:
@@ -116,17 +116,24 @@ def _stop(user: User, which: str) -> str:
     return f"{strategy.name}: {said}"
 
 
+def _active(user: User) -> list[Strategy]:
+    """What /exitall stops: every running strategy, and every deployed one (so no day begins later)."""
+    return [s for s in _strategies(user) if is_running(s.status) or s.deployed]
+
+
 def _ask_exit_all(conn: redis.Redis, chat_id: int, user: User) -> str:
-    running = [s for s in _strategies(user) if is_running(s.status)]
-    if not running:
-        return "Nothing of yours is running."
+    running = [s for s in _active(user) if is_running(s.status)]
+    deployed = [s for s in _active(user) if not is_running(s.status)]
+    if not running and not deployed:
+        return "Nothing of yours is running or deployed."
     code = f"{secrets.randbelow(10000):04d}"
     conn.set(keys.telegram_confirm(chat_id), json.dumps({"command": "/exitall", "code": code, "user": user.id}),
              ex=CONFIRM_SECONDS)
     held = sum(1 for s in running if s.position)
-    return (f"This stops {len(running)} running strateg{'y' if len(running) == 1 else 'ies'} and squares off "
-            f"{held} position{'s' if held != 1 else ''} at market. To go ahead, send /confirm {code} within "
-            f"{CONFIRM_SECONDS} s.")
+    undeploys = f" and undeploys {len(deployed)} more (no new day begins)" if deployed else ""
+    return (f"This stops {len(running)} running strateg{'y' if len(running) == 1 else 'ies'}, squares off "
+            f"{held} position{'s' if held != 1 else ''} at market{undeploys}. To go ahead, send /confirm {code} "
+            f"within {CONFIRM_SECONDS} s.")
 
 
 def _exit_all(conn: redis.Redis, chat_id: int, user: User, code: str) -> str:
@@ -137,12 +144,11 @@ def _exit_all(conn: redis.Redis, chat_id: int, user: User, code: str) -> str:
     if code.strip() != asked["code"]:
         return "That is not the code: nothing was done. Send /exitall again."
     said = []
-    for strategy in _strategies(user):
-        if is_running(strategy.status):
-            try:
-                said.append(f"{strategy.name}: {lifecycle.request_stop(strategy)}")
-            except (lifecycle.NotRunning, lifecycle.EngineUnavailable) as exc:
-                said.append(f"{strategy.name}: {exc}")
+    for strategy in _active(user):
+        try:
+            said.append(f"{strategy.name}: {lifecycle.request_stop(strategy)}")
+        except (lifecycle.NotRunning, lifecycle.EngineUnavailable) as exc:
+            said.append(f"{strategy.name}: {exc}")
     _audit(user, "/exitall", {"said": said})
     log.warning("exit all from telegram", extra={"event": "telegram_exit_all", "user_id": user.id,
                                                  "strategies": len(said)})

@@ -14,6 +14,12 @@ from webapp.services import risk
 from webapp.services.errors import ValidationFailed
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+
+@bp.after_request
+def _not_cached(response):  # type: ignore[no-untyped-def]
+    response.headers["Cache-Control"] = "no-store"  # the Security page shows a TOTP secret, recovery codes, keys
+    return response
 log = logging.getLogger(__name__)
 
 
