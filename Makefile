@@ -23,9 +23,9 @@ chromium:
 	@test -x $(CHROMIUM) || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 	@fc-list | grep -qi "Noto Color Emoji" || ($(SUDO) apt-get update && $(SUDO) apt-get install -y fonts-noto-color-emoji)
 
-# The suite mostly waits (real processes, a broker with latency): two pytest workers keep it near 6 minutes on
-# 2 cores. Each worker has its own redis-server and databases.
-TEST_WORKERS ?= 2
+# The suite mostly waits (real processes, a broker with latency): three pytest workers keep its ~470 tests
+# near 11-12 minutes on 2 cores (two took ~14). Each worker has its own redis-server and databases.
+TEST_WORKERS ?= 3
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n $(TEST_WORKERS)

@@ -182,7 +182,7 @@ class TestTwoWorkers:
         from tests.engine_helpers import seconds_ahead
         from tests.helpers import api_strategy
 
-        buy, sell = seconds_ahead(3), seconds_ahead(60)
+        buy, sell = seconds_ahead(10), seconds_ahead(60)  # 50 STARTs fit on a loaded machine
         ids = [api_strategy(client, headers, name=f"s{i}", buy_time=buy, sell_time=sell) for i in range(50)]
         for sid in ids:
             start(client, headers, sid)

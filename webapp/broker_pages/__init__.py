@@ -49,8 +49,10 @@ def connect():  # type: ignore[no-untyped-def]
         kept = {"api_key": request.form.get("api_key", "").strip()[:KEPT_MAX]}
         try:
             posted = request.form.to_dict()
-            if not posted.get("proxy", "").strip() and not posted.get("proxy_remove"):
-                posted.pop("proxy", None)  # an empty field keeps the stored proxy; the box removes it
+            if posted.get("proxy_remove"):
+                posted["proxy"] = ""  # the box removes the stored proxy
+            elif not posted.get("proxy", "").strip():
+                posted.pop("proxy", None)  # an empty field keeps it
             broker_accounts.connect(current_user, posted)
         except ValidationFailed as exc:
             errors = exc.fields
