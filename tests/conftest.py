@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 import redis  # noqa: E402
 
 from jobs import redis_server as redis_proc  # noqa: E402
-from webapp import create_app  # noqa: E402
+from webapp import create_app, keys  # noqa: E402
 from webapp.extensions import db  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -172,11 +172,22 @@ def processes(app, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def engine(processes):  # type: ignore[no-untyped-def]
-    """A real worker and scheduler for the test."""
+def engine(processes, redis_conn):  # type: ignore[no-untyped-def]
+    """A real worker and scheduler for the test, up before it goes on."""
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
+    wait_until_up(redis_conn)
     return processes
+
+
+def wait_until_up(conn: redis.Redis, workers: int = 1, scheduler: bool = True) -> None:
+    """Tests schedule a few seconds ahead: they count from when the processes they need are up, not from
+    when they were launched (on a loaded machine a process takes seconds to import, and a BUY a second
+    ahead was then missed)."""
+    from rq.worker_registration import REDIS_WORKER_KEYS
+
+    wait_for(lambda: conn.scard(REDIS_WORKER_KEYS) >= workers
+             and (not scheduler or conn.exists(keys.SCHEDULER_HEARTBEAT)), timeout=60, what="worker and scheduler up")
 
 
 def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]

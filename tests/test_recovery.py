@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import wait_for, wait_until_up
 from tests.engine_helpers import orders, started_strategy, trader, wait_status
 from webapp import keys
 
@@ -19,10 +19,11 @@ def app_overrides() -> dict:
 
 
 @pytest.fixture
-def recovering(processes):  # type: ignore[no-untyped-def]
+def recovering(processes, redis_conn):  # type: ignore[no-untyped-def]
     processes.env = {**processes.env, "RECONCILE_SECONDS": "1", "MISSED_ENTRY_GRACE_SECONDS": "3"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
+    wait_until_up(redis_conn)
     return processes
 
 
@@ -178,6 +179,7 @@ def test_a_worker_killed_after_the_broker_accepted_leaves_one_order_found_by_tag
     processes.env = {**processes.env, "RECONCILE_SECONDS": "1", "LOCK_TIMEOUT_SECONDS": "3"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
+    wait_until_up(redis_conn)
     headers = trader(client, "crash@example.com")
     inject_faults(redis_conn, "slow_after_accept")  # the answer is held back 5 s after the order is booked
     sid = started_strategy(client, headers, buy_in=1, sell_in=120)
@@ -205,6 +207,7 @@ def test_a_buy_that_would_be_placed_again_after_the_grace_window_fails_instead(c
     processes.env = {**processes.env, "MISSED_ENTRY_GRACE_SECONDS": "2", "ORDER_RETRY_BACKOFF": "3"}
     processes.start("worker", "jobs.worker")
     processes.start("scheduler", "jobs.scheduler")
+    wait_until_up(redis_conn)
     headers = trader(client, "late@example.com")
     inject_faults(redis_conn, "timeout")  # read timed out before the broker took it
     sid = started_strategy(client, headers, buy_in=1, sell_in=60)
