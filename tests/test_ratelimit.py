@@ -30,7 +30,8 @@ def test_concurrent_callers_never_exceed_the_window(redis_conn):
         thread.join()
     stamps.sort()
     assert len(stamps) == 12
-    # Any 5 consecutive calls span at least the window (minus scheduling slack of a few ms).
-    assert min(b - a for a, b in zip(stamps, stamps[4:])) >= 0.29
+    # Any 5 consecutive calls span at least the window, less the slack between a thread's admission (in Redis)
+    # and its stamp here: up to ~20 ms with three test workers on 2 cores. Without the limit they span ~0.
+    assert min(b - a for a, b in zip(stamps, stamps[4:])) >= 0.25
     # Other API keys have budgets of their own.
     assert limiter.acquire("key2", "orders") == 0.0
