@@ -47,7 +47,7 @@ def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engin
     engine.start("listener", "jobs.listener")  # the simulated feed: ticks for the chart
     page.set_viewport_size({"width": 1280, "height": 800})
     sign_up(page, live_server, "live@example.com")
-    create_and_start(page, live_server, "Live INFY", buy_in=6)
+    create_and_start(page, live_server, "Live INFY", buy_in=10)
     expect(page.locator(".flash-success")).to_contain_text("Running: BUY at")
     expect(page.locator("#live-indicator")).to_have_text("live", timeout=10_000)
     page.evaluate("window.notReloaded = true")
@@ -72,7 +72,7 @@ def test_a_buy_updates_the_open_page_through_the_socket(page, live_server, engin
 def test_with_websockets_blocked_the_page_polls_and_still_updates(page, live_server, engine):
     page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())  # every websocket refused
     sign_up(page, live_server, "poll@example.com")
-    create_and_start(page, live_server, "Polled INFY", buy_in=6)
+    create_and_start(page, live_server, "Polled INFY", buy_in=10)
     expect(page.locator("#live-indicator")).to_have_text("polling", timeout=10_000)
     page.evaluate("window.notReloaded = true")
     expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
@@ -103,7 +103,7 @@ def test_prices_and_pnl_tick_on_the_open_page_and_match_the_status_api(page, liv
                                                                         tmp_path):
     rising_feed(engine, tmp_path)
     sign_up(page, live_server, "ticks@example.com")
-    create_and_start(page, live_server, "Ticking INFY", buy_in=6)
+    create_and_start(page, live_server, "Ticking INFY", buy_in=10)
     headers = api_login(client, "ticks@example.com")
     sid = int(page.url.rsplit("/", 1)[1])
     expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
@@ -122,7 +122,7 @@ def test_with_websockets_blocked_prices_still_change_by_polling(page, live_serve
     page.route_web_socket(re.compile(r"/socket\.io/"), lambda ws: ws.close())
     rising_feed(engine, tmp_path)
     sign_up(page, live_server, "ticks-polled@example.com")
-    create_and_start(page, live_server, "Polled ticks", buy_in=6)
+    create_and_start(page, live_server, "Polled ticks", buy_in=10)
     expect(page.locator("#status")).to_have_text("In position", timeout=15_000)
     page.evaluate("window.notReloaded = true")
     first = page.locator("#last-price").inner_text()
@@ -135,7 +135,7 @@ def test_a_user_never_receives_another_users_updates(browser, live_server, engin
     a, b = a_context.new_page(), b_context.new_page()
     sign_up(a, live_server, "a@example.com")
     sign_up(b, live_server, "b@example.com")
-    create_and_start(b, live_server, "B's INFY", buy_in=6)
+    create_and_start(b, live_server, "B's INFY", buy_in=10)
     a.goto(f"{live_server}/strategies")
     expect(a.locator("#live-indicator")).to_have_text("live", timeout=10_000)
     expect(b.locator("#live-indicator")).to_have_text("live", timeout=10_000)
@@ -155,7 +155,7 @@ def test_admin_kill_switch_in_the_browser(browser, live_server, engine, app, art
     trader_context, admin_context = browser.new_context(), browser.new_context(viewport={"width": 1280, "height": 800})
     trader, admin = trader_context.new_page(), admin_context.new_page()
     sign_up(trader, live_server, "held@example.com")
-    create_and_start(trader, live_server, "Held INFY", buy_in=6)
+    create_and_start(trader, live_server, "Held INFY", buy_in=10)
     expect(trader.locator("#status")).to_have_text("In position", timeout=15_000)
     sign_up(admin, live_server, "root@example.com")
     db_update(app, User, db_scalar(app, select(User.id).where(User.email == "root@example.com")), is_admin=True)

@@ -47,7 +47,7 @@ def test_every_process_rides_out_a_redis_outage_and_the_web_says_so(client, proc
     headers = trader(client, "outage@example.com")
     token = csrf_token(client, "/login")
     client.post("/login", data={"email": "outage@example.com", "password": PASSWORD, "csrf_token": token})
-    held = started_strategy(client, headers, buy_in=1, sell_in=60, name="held")
+    held = started_strategy(client, headers, buy_in=3, sell_in=60, name="held")
     wait_status(client, headers, held, "in_position")
     waiting = started_strategy(client, headers, buy_in=14, sell_in=60, name="waiting", symbol="TCS")
     wait_for(lambda: redis_conn.sismember(keys.LISTENER_SUBSCRIBED, "NSE:INFY"), what="listener watching INFY")
